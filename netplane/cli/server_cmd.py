@@ -1,0 +1,52 @@
+"""`netplane server`: run the state server."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import click
+
+from netplane.cli.logs import setup_logging
+from netplane.state.config import ConfigError, ServerConfig
+
+
+def _listen(value: str) -> tuple[str, int]:
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit():
+        raise click.BadParameter(f"{value!r} is not HOST:PORT")
+    return host.strip("[]") or "127.0.0.1", int(port)
+
+
+@click.command()
+@click.option("--listen", default="127.0.0.1:6443", show_default=True, help="HOST:PORT to serve HTTP on.")
+@click.option("--data-dir", required=True, type=click.Path(file_okay=False), help="Where the SQLite store lives.")
+@click.option("--service-cidr", default="10.96.0.0/12", show_default=True)
+@click.option("--cluster-cidr", default="10.244.0.0/16", show_default=True)
+@click.option("--node-cidr-mask-size", default=24, show_default=True, type=int)
+@click.option("--service-node-port-range", default="30000-32767", show_default=True)
+@click.option("--watch-history", default=100000, show_default=True, type=int,
+              help="Changes kept for watch resume; older resourceVersions get 410 Gone.")
+@click.option("--compaction-interval", default=60.0, show_default=True, type=float, help="Seconds.")
+@click.option("--ready-file", default=None, type=click.Path(dir_okay=False),
+              help="Write the server's URL here once it serves (for scripts and tests).")
+@click.option("-v", "--verbose", is_flag=True, help="Log every request.")
+def server(listen: str, data_dir: str, service_cidr: str, cluster_cidr: str, node_cidr_mask_size: int,
+           service_node_port_range: str, watch_history: int, compaction_interval: float,
+           ready_file: str | None, verbose: bool) -> None:
+    """Run the state server: the Kubernetes API subset the data plane needs."""
+    from netplane.state.app import serve_forever
+
+    setup_logging(logging.DEBUG if verbose else logging.INFO)
+    host, port = _listen(listen)
+    config = ServerConfig(
+        data_dir=data_dir, listen_host=host, listen_port=port, service_cidr=service_cidr,
+        cluster_cidr=cluster_cidr, node_cidr_mask_size=node_cidr_mask_size,
+        node_port_range=service_node_port_range, watch_history=watch_history,
+        compaction_interval=compaction_interval,
+    )
+    try:
+        config.check()
+    except ConfigError as e:
+        raise click.ClickException(str(e)) from None
+    asyncio.run(serve_forever(config, ready_file))

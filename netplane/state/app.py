@@ -1,0 +1,74 @@
+"""Assemble and run a state server: storage, registry, controllers, HTTP."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+from contextlib import AsyncExitStack
+
+from aiohttp import web
+
+from netplane.state.config import ServerConfig
+from netplane.state.controllers import EndpointSliceController
+from netplane.state.registry import Registry
+from netplane.state.server import APIServer
+from netplane.state.storage.sqlite import SQLiteStorage
+
+log = logging.getLogger(__name__)
+
+
+class StateServer:
+    """A running state server; `async with StateServer(config) as s:` in tests and the CLI."""
+
+    def __init__(self, config: ServerConfig) -> None:
+        config.check()
+        self.config = config
+        self._stack = AsyncExitStack()
+        self.registry: Registry | None = None
+        self.port = config.listen_port
+
+    async def __aenter__(self) -> StateServer:
+        cfg = self.config
+        os.makedirs(cfg.data_dir, exist_ok=True)
+        storage = SQLiteStorage(os.path.join(cfg.data_dir, "state.db"))
+        self._stack.push_async_callback(storage.close)
+        registry = Registry(storage, cfg)
+        await registry.start()
+        self._stack.push_async_callback(registry.stop)
+        self.registry = registry
+        slices = EndpointSliceController(registry, cfg.endpointslice_delay)
+        await slices.start()
+        self._stack.push_async_callback(slices.stop)
+        api = APIServer(registry, advertise=f"{cfg.listen_host}:{cfg.listen_port}")
+        runner = web.AppRunner(api.app(), access_log=None, handle_signals=False)
+        await runner.setup()
+        self._stack.push_async_callback(runner.cleanup)
+        site = web.TCPSite(runner, cfg.listen_host, cfg.listen_port, reuse_address=True)
+        await site.start()
+        sockets = getattr(site._server, "sockets", None) or []
+        if sockets:
+            self.port = sockets[0].getsockname()[1]
+        log.info("state server listening host=%s port=%s data_dir=%s", cfg.listen_host, self.port, cfg.data_dir)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self._stack.aclose()
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.config.listen_host}:{self.port}"
+
+
+async def serve_forever(config: ServerConfig, ready_file: str | None = None) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    async with StateServer(config) as server:
+        if ready_file:
+            with open(ready_file, "w") as f:
+                f.write(server.url + "\n")
+        await stop.wait()
+        log.info("state server stopping")
