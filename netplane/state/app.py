@@ -42,7 +42,9 @@ class StateServer:
         await slices.start()
         self._stack.push_async_callback(slices.stop)
         api = APIServer(registry, advertise=f"{cfg.listen_host}:{cfg.listen_port}")
-        runner = web.AppRunner(api.app(), access_log=None, handle_signals=False)
+        # handler_cancellation: a watch whose client went away is cancelled instead of idling.
+        runner = web.AppRunner(api.app(), access_log=None, handle_signals=False, handler_cancellation=True,
+                               shutdown_timeout=5.0)
         await runner.setup()
         self._stack.push_async_callback(runner.cleanup)
         site = web.TCPSite(runner, cfg.listen_host, cfg.listen_port, reuse_address=True)

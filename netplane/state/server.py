@@ -96,11 +96,18 @@ class APIServer:
         self.registry = registry
         self.advertise = advertise
         self.bookmark_interval = bookmark_interval
+        self._watches: set[asyncio.Task[Any]] = set()
 
     def app(self) -> web.Application:
         app = web.Application(client_max_size=MAX_BODY, middlewares=[self._errors])
         app.router.add_route("*", "/{tail:.*}", self.dispatch)
+        app.on_shutdown.append(self._end_watches)
         return app
+
+    async def _end_watches(self, _app: web.Application) -> None:
+        # Watches never finish by themselves: end them so shutdown does not wait for its timeout.
+        for task in list(self._watches):
+            task.cancel()
 
     @web.middleware
     async def _errors(
@@ -359,6 +366,9 @@ class APIServer:
                 queue.put_nowait(None)
 
         task = asyncio.create_task(pump())
+        me = asyncio.current_task()
+        if me is not None:
+            self._watches.add(me)
         resp = web.StreamResponse(status=200, headers={"Content-Type": JSON, "Cache-Control": "no-cache"})
         resp.enable_chunked_encoding()
         try:
@@ -397,6 +407,8 @@ class APIServer:
         except (ConnectionResetError, asyncio.CancelledError):
             pass
         finally:
+            if me is not None:
+                self._watches.discard(me)
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
