@@ -21,6 +21,7 @@ from urllib.parse import unquote
 import yaml
 from aiohttp import web
 
+from netplane.api import protobuf
 from netplane.api import resources as res
 from netplane.api.errors import APIError, bad_request
 from netplane.api.resources import ResourceInfo
@@ -251,10 +252,14 @@ class APIServer:
                 return json.loads(raw)
             if ctype in ("application/yaml", "application/x-yaml", "text/yaml"):
                 return yaml.safe_load(raw)
-        except (ValueError, yaml.YAMLError) as e:
+            if ctype == protobuf.MEDIA_TYPE:
+                # kubectl's typed commands (create deployment, create secret, ...) send protobuf.
+                return protobuf.decode_object(raw)
+        except (ValueError, yaml.YAMLError) as e:  # protobuf.ProtobufError is a ValueError
             raise bad_request(f"the body of the request could not be decoded: {e}") from None
         raise APIError(415, f"the body of the request was in an unknown format - accepted media types include:"
-                            f" application/json, application/yaml (got {ctype})", "UnsupportedMediaType")
+                            f" application/json, application/yaml, {protobuf.MEDIA_TYPE} (got {ctype})",
+                       "UnsupportedMediaType")
 
     async def _delete_options(self, request: web.Request) -> dict[str, Any]:
         options: dict[str, Any] = {}

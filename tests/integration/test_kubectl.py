@@ -7,6 +7,7 @@ touches the network beyond loopback.
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import queue
@@ -17,6 +18,8 @@ import sys
 import textwrap
 import threading
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -299,7 +302,6 @@ class _Lines:
 
 
 def namespace(k: Kubectl, ns: str) -> None:
-    # Not `kubectl create namespace`: typed kubectl commands send protobuf bodies (see below).
     k.run("apply", "-f", "-", stdin=f"apiVersion: v1\nkind: Namespace\nmetadata:\n  name: {ns}\n")
 
 
@@ -308,12 +310,70 @@ def configmap(k: Kubectl, ns: str, name: str, **data: str) -> None:
     k.run("apply", "-f", "-", stdin=json.dumps(body))
 
 
-@pytest.mark.xfail(strict=True, reason="the server does not decode protobuf request bodies, which kubectl's "
-                                       "typed commands (create namespace/configmap/secret/deployment) send")
 def test_kubectl_create_sends_protobuf(kubectl: Kubectl) -> None:
-    kubectl.run("create", "namespace", "np-create")
-    kubectl.run("create", "configmap", "c", "-n", "np-create", "--from-literal=a=1")
-    assert kubectl.json("get", "configmap", "c", "-n", "np-create")["data"] == {"a": "1"}
+    # kubectl's typed commands send protobuf bodies; `run` and `expose` send JSON (kubectl 1.37).
+    ns = "np-create"
+    kubectl.run("create", "namespace", ns)
+    assert kubectl.json("get", "namespace", ns)["metadata"]["name"] == ns
+
+    kubectl.run("create", "configmap", "c", "-n", ns, "--from-literal=a=1", "--from-literal=b=2")
+    assert kubectl.json("get", "configmap", "c", "-n", ns)["data"] == {"a": "1", "b": "2"}
+
+    kubectl.run("create", "secret", "generic", "s", "-n", ns, "--from-literal=k=v")
+    secret = kubectl.json("get", "secret", "s", "-n", ns)
+    assert secret["data"] == {"k": base64.b64encode(b"v").decode()}
+
+    kubectl.run("create", "deployment", "web", "-n", ns, "--image=nginx:1.25", "--replicas=3", "--port=8080")
+    spec = kubectl.json("get", "deployment", "web", "-n", ns)["spec"]
+    assert spec["replicas"] == 3
+    assert spec["selector"] == {"matchLabels": {"app": "web"}}
+    assert spec["template"]["metadata"]["labels"] == {"app": "web"}
+    [container] = spec["template"]["spec"]["containers"]
+    assert (container["name"], container["image"]) == ("nginx", "nginx:1.25")
+    assert [p["containerPort"] for p in container["ports"]] == [8080]
+
+    # An explicit zero is on the wire (a proto2 optional field) and must not be defaulted to 1.
+    kubectl.run("create", "deployment", "idle", "-n", ns, "--image=nginx:1.25", "--replicas=0")
+    assert kubectl.json("get", "deployment", "idle", "-n", ns)["spec"]["replicas"] == 0
+
+    kubectl.run("expose", "deployment", "web", "-n", ns, "--port=80", "--target-port=8080", "--type=NodePort")
+    svc = kubectl.json("get", "service", "web", "-n", ns)
+    assert svc["spec"]["type"] == "NodePort"
+    assert svc["spec"]["selector"] == {"app": "web"}
+    [port] = svc["spec"]["ports"]
+    assert (port["port"], port["targetPort"], port["protocol"]) == (80, 8080, "TCP")
+    assert 30000 <= port["nodePort"] <= 32767
+
+    kubectl.run("create", "service", "clusterip", "api", "-n", ns, "--tcp=80:8080")
+    svc = kubectl.json("get", "service", "api", "-n", ns)
+    assert svc["spec"]["type"] == "ClusterIP" and svc["spec"]["clusterIP"]
+    assert svc["spec"]["ports"] == [{"name": "80-8080", "port": 80, "protocol": "TCP", "targetPort": 8080}]
+
+    kubectl.run("create", "ingress", "simple", "-n", ns, "--rule=foo.com/bar*=api:80")
+    [rule] = kubectl.json("get", "ingress", "simple", "-n", ns)["spec"]["rules"]
+    assert rule == {"host": "foo.com", "http": {"paths": [
+        {"path": "/bar", "pathType": "Prefix", "backend": {"service": {"name": "api", "port": {"number": 80}}}}]}}
+
+    kubectl.run("run", "p", "-n", ns, "--image=busybox", "--restart=Never", "--env=A=1", "--labels=app=p",
+                "--", "sleep", "3600")
+    pod = kubectl.json("get", "pod", "p", "-n", ns)
+    assert pod["metadata"]["labels"] == {"app": "p"}
+    assert pod["spec"]["restartPolicy"] == "Never"
+    [container] = pod["spec"]["containers"]
+    assert (container["image"], container["args"]) == ("busybox", ["sleep", "3600"])
+    assert container["env"] == [{"name": "A", "value": "1"}]
+
+    # A body that is not Kubernetes protobuf is a 400 that names the problem, and stores nothing.
+    server = re.search(r"server: (\S+)", kubectl.kubeconfig.read_text())
+    assert server is not None
+    req = urllib.request.Request(f"{server[1]}/api/v1/namespaces/{ns}/configmaps", data=b"\x00\x01", method="POST",
+                                 headers={"Content-Type": "application/vnd.kubernetes.protobuf"})
+    with pytest.raises(urllib.error.HTTPError) as err:
+        urllib.request.urlopen(req, timeout=COMMAND_TIMEOUT)
+    status = json.loads(err.value.read())
+    assert (err.value.code, status["reason"]) == (400, "BadRequest")
+    assert "k8s" in status["message"]
+    assert [c["metadata"]["name"] for c in kubectl.json("get", "configmaps", "-n", ns)["items"]] == ["c"]
 
 
 def test_get_watch_prints_changes(kubectl: Kubectl) -> None:

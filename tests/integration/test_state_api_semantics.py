@@ -37,7 +37,10 @@ def test_garbage_bodies_get_400_and_store_nothing(state_server: ServerProcess) -
     assert code == 400 and st["kind"] == "Status" and st["reason"] == "BadRequest"
     code, st = call(base, "POST", raw=b"[1, 2]")
     assert code == 400
+    # kubectl's typed commands send protobuf: a body without kube's envelope is a bad request.
     code, st = call(base, "POST", raw=b"\x00\x01", ctype="application/vnd.kubernetes.protobuf")
+    assert code == 400 and st["reason"] == "BadRequest"
+    code, st = call(base, "POST", raw=b"<svc/>", ctype="application/xml")
     assert code == 415 and st["reason"] == "UnsupportedMediaType"
     code, st = call(base, "POST", {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "x"}})
     assert code == 400 and "kind" in st["message"]
