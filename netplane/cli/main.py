@@ -7,6 +7,7 @@ server, and the modules can grow independently); this file only dispatches.
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import os
 import sys
 from typing import Any
@@ -21,12 +22,21 @@ COMMANDS: dict[str, str] = {
     "get": "netplane.cli.objects_cmd:get",
     "delete": "netplane.cli.objects_cmd:delete",
     "cni": "netplane.cli.cni_cmd:cni",
+    "node": "netplane.cli.node_cmd:node",
+    "logs": "netplane.cli.node_cmd:logs",
+    "echo-server": "netplane.cli.node_cmd:echo_server",
+    "cordon": "netplane.cli.nodes_cmd:cordon",
+    "uncordon": "netplane.cli.nodes_cmd:uncordon",
+    "drain": "netplane.cli.nodes_cmd:drain",
+    "lab": "netplane.cli.lab_cmd:lab",
+    "proxy": "netplane.cli.proxy_cmd:proxy",
 }
 
 
 class LazyGroup(click.Group):
     def list_commands(self, ctx: click.Context) -> list[str]:
-        return sorted(COMMANDS)
+        # Only commands whose module is present: a partial install must still show its help.
+        return sorted(n for n, t in COMMANDS.items() if importlib.util.find_spec(t.partition(":")[0]) is not None)
 
     def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
         target = COMMANDS.get(cmd_name)
