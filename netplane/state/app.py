@@ -6,15 +6,20 @@ import asyncio
 import logging
 import os
 import signal
+from collections.abc import Callable
 from contextlib import AsyncExitStack
+from typing import Any
 
 from aiohttp import web
 
 from netplane.state.config import ServerConfig
 from netplane.state.controllers import EndpointSliceController
+from netplane.state.nodelifecycle import NodeLifecycleController
 from netplane.state.registry import Registry
+from netplane.state.scheduler import Scheduler
 from netplane.state.server import APIServer
 from netplane.state.storage.sqlite import SQLiteStorage
+from netplane.state.workloads import DeploymentController, ReplicaSetController
 
 log = logging.getLogger(__name__)
 
@@ -38,9 +43,20 @@ class StateServer:
         await registry.start()
         self._stack.push_async_callback(registry.stop)
         self.registry = registry
-        slices = EndpointSliceController(registry, cfg.endpointslice_delay)
-        await slices.start()
-        self._stack.push_async_callback(slices.stop)
+        # The controllers (--controllers chooses which, as kube-controller-manager's flag does).
+        controllers: list[tuple[str, Callable[[], Any]]] = [
+            ("endpointslice", lambda: EndpointSliceController(registry, cfg.endpointslice_delay)),
+            ("replicaset", lambda: ReplicaSetController(registry)),
+            ("deployment", lambda: DeploymentController(registry)),
+            ("scheduler", lambda: Scheduler(registry)),
+            ("nodelifecycle", lambda: NodeLifecycleController(
+                registry, cfg.node_monitor_grace_period, cfg.pod_eviction_timeout)),
+        ]
+        for name, make in controllers:
+            if cfg.controller_enabled(name):
+                controller = make()
+                await controller.start()
+                self._stack.push_async_callback(controller.stop)
         api = APIServer(registry, advertise=f"{cfg.listen_host}:{cfg.listen_port}")
         # handler_cancellation: a watch whose client went away is cancelled instead of idling.
         runner = web.AppRunner(api.app(), access_log=None, handle_signals=False, handler_cancellation=True,

@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 import ipaddress
+import math
+import re
 from dataclasses import dataclass
 
 
 class ConfigError(ValueError):
     pass
+
+
+# The in-server controllers, by the names --controllers takes.
+CONTROLLERS = ("endpointslice", "replicaset", "deployment", "scheduler", "nodelifecycle")
 
 
 @dataclass(frozen=True, slots=True)
@@ -24,6 +30,16 @@ class ServerConfig:
     watch_history: int = 100000
     compaction_interval: float = 60.0
     endpointslice_delay: float = 0.01
+    # Node lifecycle (kube-controller-manager's flags and defaults), in seconds.
+    node_monitor_grace_period: float = 40.0
+    pod_eviction_timeout: float = 300.0
+    # kube-controller-manager's --controllers: "*" for all, "name" to enable, "-name" to disable.
+    controllers: tuple[str, ...] = ("*",)
+
+    def controller_enabled(self, name: str) -> bool:
+        if f"-{name}" in self.controllers:
+            return False
+        return name in self.controllers or "*" in self.controllers
 
     def check(self) -> None:
         try:
@@ -49,6 +65,13 @@ class ServerConfig:
                 f" prefix ({cluster.prefixlen}) and 30"
             )
         self.node_ports()
+        if self.node_monitor_grace_period <= 0:
+            raise ConfigError("--node-monitor-grace-period must be greater than 0")
+        if self.pod_eviction_timeout < 0:
+            raise ConfigError("--pod-eviction-timeout must not be negative")
+        unknown = [c for c in self.controllers if c.lstrip("-") not in (*CONTROLLERS, "*")]
+        if unknown:
+            raise ConfigError(f"--controllers: unknown controller {unknown[0]!r} (known: {', '.join(CONTROLLERS)})")
 
     def node_ports(self) -> tuple[int, int]:
         try:
@@ -62,3 +85,29 @@ class ServerConfig:
 
     def kubernetes_service_ip(self) -> str:
         return str(ipaddress.ip_network(self.service_cidr)[1])
+
+
+_DURATION = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h)")
+_UNIT_SECONDS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def parse_duration(text: str) -> float:
+    """Seconds in a Go duration ('40s', '5m', '1m30s', '500ms') or a plain number of seconds."""
+    text = text.strip()
+    try:
+        seconds = float(text)
+    except ValueError:
+        pass
+    else:
+        if not math.isfinite(seconds):
+            raise ConfigError(f"{text!r} is not a duration")
+        return seconds
+    pos, total = 0, 0.0
+    for m in _DURATION.finditer(text):
+        if m.start() != pos:
+            break
+        total += float(m.group(1)) * _UNIT_SECONDS[m.group(2)]
+        pos = m.end()
+    if pos != len(text) or not text:
+        raise ConfigError(f"{text!r} is not a duration (e.g. 40s, 5m, 1m30s or a number of seconds)")
+    return total

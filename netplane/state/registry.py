@@ -898,14 +898,23 @@ class Registry:
         resource_version: str | None,
         label_selector: LabelSelector | None = None,
         field_selector: FieldSelector | None = None,
+        send_initial_events: bool = False,
     ) -> AsyncGenerator[WatchEvent, None]:
+        """Changes as watch events. Without a resourceVersion (or with sendInitialEvents, kube's
+        WatchList) the current state comes first as ADDED events; with sendInitialEvents a
+        BOOKMARK annotated k8s.io/initial-events-end then marks where that state ends."""
         prefix = key_prefix(info, namespace)
-        if resource_version in (None, "", "0"):
-            # kube: no resourceVersion means "current state as ADDED events, then changes".
+        if send_initial_events or resource_version in (None, "", "0"):
             lst = await self.list(info, namespace, label_selector, field_selector)
             start = int(lst["metadata"]["resourceVersion"])
             for item in lst["items"]:
                 yield WatchEvent("ADDED", item)
+            if send_initial_events:
+                yield WatchEvent("BOOKMARK", {
+                    "kind": info.kind, "apiVersion": info.group_version,
+                    "metadata": {"resourceVersion": str(start),
+                                 "annotations": {"k8s.io/initial-events-end": "true"}},
+                })
         else:
             try:
                 start = int(str(resource_version))

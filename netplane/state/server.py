@@ -358,7 +358,12 @@ class APIServer:
 
         if rv not in (None, "", "0") and not str(rv).isdigit():
             raise bad_request(f"invalid resourceVersion {rv!r}")
-        events = self.registry.watch(t.info, t.namespace, rv, ls, fs)
+        initial = request.query.get("sendInitialEvents") in ("true", "1")
+        if initial and not bookmarks:
+            raise APIError(422, "sendInitialEvents requires allowWatchBookmarks=true", "Invalid")
+        if initial and request.query.get("resourceVersionMatch") != "NotOlderThan":
+            raise APIError(422, 'sendInitialEvents requires resourceVersionMatch "NotOlderThan"', "Invalid")
+        events = self.registry.watch(t.info, t.namespace, rv, ls, fs, send_initial_events=initial)
         queue: asyncio.Queue[WatchEvent | APIError | None] = asyncio.Queue()
 
         async def pump() -> None:

@@ -11,7 +11,7 @@ import pytest
 from kubernetes import client, config, watch
 from kubernetes.client.rest import ApiException
 
-from tests.support.server import ServerProcess
+from tests.support.server import ServerProcess, start_server, write_kubeconfig
 
 
 @pytest.fixture
@@ -89,8 +89,22 @@ def test_pagination(api: client.ApiClient) -> None:
     assert seen == [f"cm-{i}" for i in range(5)]
 
 
-def test_update_conflict_and_generation(api: client.ApiClient) -> None:
-    apps = client.AppsV1Api(api)
+@pytest.fixture
+def api_without_deployment_controller(tmp_path: Path) -> Iterator[client.ApiClient]:
+    """A server whose Deployment controller is off, so the test is the only writer of its Deployment."""
+    srv = start_server(tmp_path / "nodeploy", "--controllers", "*,-deployment")
+    try:
+        cfg = client.Configuration()
+        config.load_kube_config(config_file=str(write_kubeconfig(tmp_path / "kc", srv.url)),
+                                client_configuration=cfg)
+        with client.ApiClient(cfg) as c:
+            yield c
+    finally:
+        srv.kill()
+
+
+def test_update_conflict_and_generation(api_without_deployment_controller: client.ApiClient) -> None:
+    apps = client.AppsV1Api(api_without_deployment_controller)
     dep = {
         "apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "web"},
         "spec": {"selector": {"matchLabels": {"app": "web"}},
