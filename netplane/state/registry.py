@@ -15,7 +15,7 @@ import builtins
 import contextlib
 import json
 import logging
-from collections.abc import AsyncGenerator, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -80,6 +80,7 @@ ENDPOINTSLICES = res.must("discovery.k8s.io", "v1", "endpointslices")
 class WatchEvent:
     type: str
     object: Obj
+    change: Change | None = None  # where it came from, for the shared encoding
 
 
 @dataclass(slots=True)
@@ -324,11 +325,8 @@ class Registry:
         if causes:
             raise invalid(info.kind, name, causes, info.group)
         key = object_key(info, ns, name)
-        async with self._alloc_lock:
+        async def write() -> int:
             alloc = self._allocate(info, obj, None)
-            if dry_run:
-                alloc.rollback()
-                return obj
             try:
                 rev = await self.storage.create(key, encode(obj))
             except KeyExists:
@@ -338,8 +336,29 @@ class Registry:
                 alloc.rollback()
                 raise
             alloc.commit()
+            return rev
+
+        if dry_run:
+            async with self._locked(info):
+                self._allocate(info, obj, None).rollback()
+            return obj
+        rev = await self._write_section(info, write)
         m["resourceVersion"] = str(rev)
         return obj
+
+    def _locked(self, info: ResourceInfo) -> contextlib.AbstractAsyncContextManager[Any]:
+        """Allocation and the write recording it happen under one lock, for the kinds that allocate."""
+        return self._alloc_lock if info is SERVICES or info is NODES else contextlib.nullcontext()
+
+    async def _write_section(self, info: ResourceInfo, write: Callable[[], Awaitable[int]]) -> int:
+        """Run allocate + write + commit-or-rollback to the end even if the request is cancelled
+        (its client went away): a write that commits must keep its allocation."""
+
+        async def guarded() -> int:
+            async with self._locked(info):
+                return await write()
+
+        return await asyncio.shield(asyncio.ensure_future(guarded()))
 
     @staticmethod
     def _reset_status_on_create(info: ResourceInfo, obj: Obj) -> None:
@@ -439,12 +458,8 @@ class Registry:
         m = new["metadata"]
         if m.get("deletionTimestamp") and not m.get("finalizers") and info is not PODS:
             return await self._remove(info, key, old, expected, dry_run, "Background")
-        async with self._alloc_lock:
+        async def write() -> int:
             alloc = self._allocate(info, new, old)
-            if dry_run:
-                alloc.rollback()
-                m["resourceVersion"] = str(expected)
-                return new
             try:
                 rev = await self.storage.update(key, new_bytes, expected)
             except RevisionMismatch:
@@ -457,6 +472,14 @@ class Registry:
                 alloc.rollback()
                 raise
             alloc.commit()
+            return rev
+
+        if dry_run:
+            async with self._locked(info):
+                self._allocate(info, new, old).rollback()
+            m["resourceVersion"] = str(expected)
+            return new
+        rev = await self._write_section(info, write)
         m["resourceVersion"] = str(rev)
         return new
 
@@ -932,17 +955,17 @@ class Registry:
         self, change: Change, ls: LabelSelector | None, fs: FieldSelector | None
     ) -> WatchEvent | None:
         if ls is None and fs is None:
-            return WatchEvent(change.type, change.object)
+            return WatchEvent(change.type, change.object, change)
         now = self._matches(change.object, ls, fs)
         if change.type != "MODIFIED" or change.previous is None:
-            return WatchEvent(change.type, change.object) if now else None
+            return WatchEvent(change.type, change.object, change) if now else None
         before = self._matches(change.previous, ls, fs)
         if now and before:
-            return WatchEvent("MODIFIED", change.object)
+            return WatchEvent("MODIFIED", change.object, change)
         if now:
-            return WatchEvent("ADDED", change.object)
+            return WatchEvent("ADDED", change.object, change)
         if before:
-            return WatchEvent("DELETED", change.object)
+            return WatchEvent("DELETED", change.object, change)
         return None
 
 

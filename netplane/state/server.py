@@ -413,7 +413,15 @@ class APIServer:
                     from netplane.api import tables
 
                     obj = tables.to_table(t.info, [obj], include_object=include)
-                await resp.write(_dumps({"type": item.type, "object": obj}) + b"\n")
+                    line = _dumps({"type": item.type, "object": obj}) + b"\n"
+                elif item.change is not None:
+                    line = item.change.lines.get(item.type) or b""
+                    if not line:
+                        line = _dumps({"type": item.type, "object": obj}) + b"\n"
+                        item.change.lines[item.type] = line
+                else:
+                    line = _dumps({"type": item.type, "object": obj}) + b"\n"
+                await resp.write(line)
         except (ConnectionResetError, asyncio.CancelledError):
             pass
         finally:

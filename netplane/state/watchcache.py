@@ -14,7 +14,7 @@ import contextlib
 import logging
 from collections import deque
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from netplane.state.objects import Obj, decode
 from netplane.state.storage import Compacted, Event, Storage
@@ -29,6 +29,9 @@ class Change:
     object: Obj
     previous: Obj | None
     revision: int
+    # Encoded watch lines by event type, shared by every watcher that sends this change as is:
+    # with a hundred watchers the object is serialised once, not a hundred times.
+    lines: dict[str, bytes] = field(default_factory=dict, compare=False)
 
 
 def _decode_event(ev: Event) -> Change:

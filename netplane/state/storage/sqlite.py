@@ -2,23 +2,28 @@
 
 Tables: `objects` (current value per key with create/mod revisions), `events`
 (the change log, one row per revision, kept until compaction) and `meta`
-(the compacted revision). A write is one transaction that appends to the log
-and updates the object, committed with synchronous=FULL, so an acknowledged
-write survives kill -9 and power loss, and watchers can resume from any kept
-revision after a restart.
+(the newest and the compacted revision). An acknowledged write has been
+committed with synchronous=FULL, so it survives kill -9 and power loss, and
+watchers can resume from any kept revision after a restart.
 
-SQLite calls are synchronous and short; the server is a single asyncio
-process, so they run inline: that also makes each write atomic with respect to
-the allocators that run just before it.
+Group commit (as etcd batches its raft entries): a write is checked and given
+its revision at once on the event loop, against the committed state plus the
+writes staged before it, then waits while a single flusher commits everything
+staged so far in one transaction on a thread of its own. Concurrent writers
+thus share an fsync, and the loop keeps serving while the disk works. Reads
+see committed data only: what a reader gets has been acknowledged or is about
+to be, never something that could still be lost.
 """
 
 from __future__ import annotations
 
 import asyncio
 import builtins
+import contextlib
 import os
 import sqlite3
 from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
 
 from netplane.state.storage.base import (
     Compacted,
@@ -28,6 +33,7 @@ from netplane.state.storage.base import (
     KeyNotFound,
     Record,
     RevisionMismatch,
+    StorageError,
 )
 
 SCHEMA = """
@@ -50,21 +56,43 @@ CREATE TABLE IF NOT EXISTS meta (
 );
 """
 
+# Largest batch one transaction takes; more waits for the next.
+MAX_BATCH = 512
+
 
 def _prefix_end(prefix: str) -> str:
     """The smallest string greater than every string that starts with prefix."""
     return prefix + "\U0010ffff"
 
 
+@dataclass(eq=False, slots=True)
+class _Op:
+    type: EventType
+    key: str
+    value: bytes
+    prev: bytes | None
+    rev: int
+    record: Record | None  # the key's state after this op (None: deleted)
+    done: asyncio.Future[int] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
+
+
 class SQLiteStorage:
     def __init__(self, path: str) -> None:
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        # Two connections: reads on the event loop, the commits on the flusher's thread (WAL
+        # lets readers go on while a transaction commits).
         self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         self._db.execute("PRAGMA journal_mode=WAL")
-        # FULL: the WAL is fsynced at every commit, so a 2xx means on disk.
-        self._db.execute("PRAGMA synchronous=FULL")
         self._db.executescript(SCHEMA)
-        self._rev = self._load_revision()
+        self._wdb = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        # FULL: the WAL is fsynced at every commit, so a 2xx means on disk.
+        self._wdb.execute("PRAGMA synchronous=FULL")
+        self._committed = self._load_revision()
+        self._next = self._committed
+        self._staged: dict[str, _Op] = {}  # newest staged op per key, until committed
+        self._pending: list[_Op] = []
+        self._flusher: asyncio.Task[None] | None = None
+        self._write_lock = asyncio.Lock()
         self._changed = asyncio.Condition()
         self._closed = False
 
@@ -75,10 +103,10 @@ class SQLiteStorage:
         from_meta = row[0] if row else 0
         return max(from_log, from_meta)
 
-    # -- reads --------------------------------------------------------------
+    # -- reads (committed state) ------------------------------------------------------
 
     async def revision(self) -> int:
-        return self._rev
+        return self._committed
 
     async def get(self, key: str) -> Record | None:
         row = self._db.execute(
@@ -94,8 +122,17 @@ class SQLiteStorage:
         if limit > 0:
             sql += " LIMIT ?"
             args += (limit,)
-        rows = self._db.execute(sql, args).fetchall()
-        return [Record(r[0], r[1], r[2], r[3]) for r in rows], self._rev
+        # One read transaction: the revision and the rows come from the same snapshot, even while
+        # the flusher commits, so a watch started at this revision neither misses nor repeats.
+        cur = self._db.cursor()
+        cur.execute("BEGIN")
+        try:
+            row = cur.execute("SELECT value FROM meta WHERE name='revision'").fetchone()
+            rev = int(row[0]) if row else 0
+            rows = cur.execute(sql, args).fetchall()
+        finally:
+            cur.execute("COMMIT")
+        return [Record(r[0], r[1], r[2], r[3]) for r in rows], rev
 
     async def events_since(self, revision: int, prefix: str = "") -> builtins.list[Event]:
         compacted = await self.compacted_revision()
@@ -117,98 +154,145 @@ class SQLiteStorage:
         row = self._db.execute("SELECT value FROM meta WHERE name='compacted'").fetchone()
         return int(row[0]) if row else 0
 
-    # -- writes -------------------------------------------------------------
+    # -- writes -----------------------------------------------------------------------
 
-    def _commit(self, etype: EventType, key: str, value: bytes, prev: bytes | None,
-                statement: str) -> int:
-        """Apply one object change and its log entry in one durable transaction.
+    def _current(self, key: str) -> Record | None:
+        """The key's state including staged writes (what the next write must be checked against)."""
+        op = self._staged.get(key)
+        if op is not None:
+            return op.record
+        row = self._db.execute(
+            "SELECT value, create_rev, mod_rev FROM objects WHERE key=?", (key,)
+        ).fetchone()
+        return Record(key, row[0], row[1], row[2]) if row else None
 
-        `statement` may use the named parameters :key, :value and :rev.
-        """
-        rev = self._rev + 1
-        params = {"key": key, "value": value, "rev": rev}
-        cur = self._db.cursor()
-        cur.execute("BEGIN IMMEDIATE")
-        try:
-            cur.execute(statement, params)
-            cur.execute(
-                "INSERT INTO events (rev, type, key, value, prev_value) VALUES (?, ?, ?, ?, ?)",
-                (rev, etype, key, value, prev),
-            )
-            cur.execute("INSERT OR REPLACE INTO meta (name, value) VALUES ('revision', ?)", (rev,))
-            cur.execute("COMMIT")
-        except BaseException:
-            cur.execute("ROLLBACK")
-            raise
-        self._rev = rev
-        self._notify()
-        return rev
-
-    def _notify(self) -> None:
-        async def wake() -> None:
-            async with self._changed:
-                self._changed.notify_all()
-
-        try:
-            asyncio.get_running_loop().create_task(wake())
-        except RuntimeError:  # no running loop: nobody can be watching
-            pass
-
-    async def create(self, key: str, value: bytes) -> int:
-        if await self.get(key) is not None:
-            raise KeyExists(key)
-        return self._commit(
-            "ADDED", key, value, None,
-            "INSERT INTO objects (key, value, create_rev, mod_rev) VALUES (:key, :value, :rev, :rev)",
-        )
-
-    async def update(self, key: str, value: bytes, expected_revision: int | None = None) -> int:
-        old = await self._expect(key, expected_revision)
-        return self._commit(
-            "MODIFIED", key, value, old.value, "UPDATE objects SET value=:value, mod_rev=:rev WHERE key=:key"
-        )
-
-    async def delete(self, key: str, expected_revision: int | None = None) -> tuple[int, Record]:
-        old = await self._expect(key, expected_revision)
-        rev = self._commit("DELETED", key, old.value, old.value, "DELETE FROM objects WHERE key=:key")
-        return rev, old
-
-    async def _expect(self, key: str, expected_revision: int | None) -> Record:
-        old = await self.get(key)
+    def _expect(self, key: str, expected_revision: int | None) -> Record:
+        old = self._current(key)
         if old is None:
             raise KeyNotFound(key)
         if expected_revision is not None and old.mod_revision != expected_revision:
             raise RevisionMismatch(key)
         return old
 
+    async def _stage(self, etype: EventType, key: str, value: bytes, prev: bytes | None,
+                     create_rev: int | None) -> int:
+        if self._closed:
+            raise StorageError("storage is closed")
+        self._next += 1
+        rev = self._next
+        record = None if etype == "DELETED" else Record(key, value, create_rev or rev, rev)
+        op = _Op(etype, key, value, prev, rev, record)
+        self._staged[key] = op
+        self._pending.append(op)
+        if self._flusher is None or self._flusher.done():
+            self._flusher = asyncio.get_running_loop().create_task(self._flush(), name="sqlite-flush")
+        return await asyncio.shield(op.done)
+
+    async def create(self, key: str, value: bytes) -> int:
+        if self._current(key) is not None:
+            raise KeyExists(key)
+        return await self._stage("ADDED", key, value, None, None)
+
+    async def update(self, key: str, value: bytes, expected_revision: int | None = None) -> int:
+        old = self._expect(key, expected_revision)
+        return await self._stage("MODIFIED", key, value, old.value, old.create_revision)
+
+    async def delete(self, key: str, expected_revision: int | None = None) -> tuple[int, Record]:
+        old = self._expect(key, expected_revision)
+        rev = await self._stage("DELETED", key, old.value, old.value, None)
+        return rev, old
+
+    async def _flush(self) -> None:
+        while self._pending:
+            batch, self._pending = self._pending[:MAX_BATCH], self._pending[MAX_BATCH:]
+            async with self._write_lock:
+                try:
+                    await asyncio.to_thread(self._write_batch, batch)
+                except BaseException as e:
+                    self._fail(batch, e)
+                    if isinstance(e, asyncio.CancelledError):
+                        raise
+                    continue
+            self._committed = batch[-1].rev
+            for op in batch:
+                if self._staged.get(op.key) is op:
+                    del self._staged[op.key]
+                if not op.done.done():
+                    op.done.set_result(op.rev)
+            async with self._changed:
+                self._changed.notify_all()
+
+    def _fail(self, batch: builtins.list[_Op], error: BaseException) -> None:
+        """A commit failed: nothing in it (nor anything staged after it, which was checked
+        against it) is durable, so all of it fails and the staged view is dropped."""
+        failed = batch + self._pending
+        self._pending = []
+        self._staged.clear()
+        self._next = self._committed
+        for op in failed:
+            if not op.done.done():
+                op.done.set_exception(StorageError(f"commit failed: {error}"))
+
+    def _write_batch(self, batch: builtins.list[_Op]) -> None:
+        cur = self._wdb.cursor()
+        cur.execute("BEGIN IMMEDIATE")
+        try:
+            for op in batch:
+                if op.type == "DELETED":
+                    cur.execute("DELETE FROM objects WHERE key=?", (op.key,))
+                elif op.type == "ADDED":
+                    cur.execute("INSERT INTO objects (key, value, create_rev, mod_rev) VALUES (?, ?, ?, ?)",
+                                (op.key, op.value, op.rev, op.rev))
+                else:
+                    cur.execute("UPDATE objects SET value=?, mod_rev=? WHERE key=?", (op.value, op.rev, op.key))
+            cur.executemany(
+                "INSERT INTO events (rev, type, key, value, prev_value) VALUES (?, ?, ?, ?, ?)",
+                [(op.rev, op.type, op.key, op.value, op.prev) for op in batch],
+            )
+            cur.execute("INSERT OR REPLACE INTO meta (name, value) VALUES ('revision', ?)", (batch[-1].rev,))
+            cur.execute("COMMIT")
+        except BaseException:
+            with contextlib.suppress(sqlite3.Error):
+                cur.execute("ROLLBACK")
+            raise
+
     async def compact(self, revision: int) -> None:
-        revision = min(revision, self._rev)
+        revision = min(revision, self._committed)
         if revision <= await self.compacted_revision():
             return
-        cur = self._db.cursor()
+        async with self._write_lock:
+            await asyncio.to_thread(self._compact, revision)
+
+    def _compact(self, revision: int) -> None:
+        cur = self._wdb.cursor()
         cur.execute("BEGIN IMMEDIATE")
         try:
             cur.execute("DELETE FROM events WHERE rev <= ?", (revision,))
             cur.execute("INSERT OR REPLACE INTO meta (name, value) VALUES ('compacted', ?)", (revision,))
             cur.execute("COMMIT")
         except BaseException:
-            cur.execute("ROLLBACK")
+            with contextlib.suppress(sqlite3.Error):
+                cur.execute("ROLLBACK")
             raise
 
     async def watch(self, revision: int) -> AsyncIterator[builtins.list[Event]]:
         seen = revision
         while not self._closed:
-            batch = await self.events_since(seen)
+            batch = [e for e in await self.events_since(seen) if e.revision <= self._committed]
             if batch:
                 seen = batch[-1].revision
                 yield batch
                 continue
             async with self._changed:
-                if self._rev == seen and not self._closed:
+                if self._committed <= seen and not self._closed:
                     await self._changed.wait()
 
     async def close(self) -> None:
+        if self._flusher is not None and not self._flusher.done():
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(asyncio.shield(self._flusher), 10)
         self._closed = True
         async with self._changed:
             self._changed.notify_all()
         self._db.close()
+        self._wdb.close()
