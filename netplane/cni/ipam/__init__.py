@@ -1,0 +1,1 @@
+"""The built-in IPAM: a pure allocator over a Store, a disk store, delegation to other IPAM plugins."""
