@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 
 import click
 
-from netplane.cli.logs import setup_logging
+from netplane.cli.logs import run_loop, setup_logging
 from netplane.state.config import ConfigError, ServerConfig, parse_duration
 
 
@@ -64,4 +63,4 @@ def server(listen: str, data_dir: str, service_cidr: str, cluster_cidr: str, nod
         config.check()
     except ConfigError as e:
         raise click.ClickException(str(e)) from None
-    asyncio.run(serve_forever(config, ready_file))
+    run_loop(serve_forever(config, ready_file))

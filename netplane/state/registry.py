@@ -252,7 +252,10 @@ class Registry:
 
     # -- create -----------------------------------------------------------------
 
-    def _check_type(self, info: ResourceInfo, obj: Any) -> Obj:
+    def _check_type(self, info: ResourceInfo, obj: Any, owned: bool = False) -> Obj:
+        """Check the body is this resource's kind; returns it to be filled in by the server —
+        the body itself when the caller handed it over (owned, e.g. freshly parsed JSON),
+        else a private copy."""
         if not isinstance(obj, dict):
             raise bad_request(f"the body of the request must be a {info.kind} object")
         api_version = obj.get("apiVersion")
@@ -266,7 +269,7 @@ class Registry:
             raise bad_request(f"the kind in the data ({kind}) does not match the expected kind ({info.kind})")
         if "metadata" in obj and not isinstance(obj["metadata"], dict):
             raise bad_request("metadata must be an object")
-        out = json.loads(json.dumps(obj))  # a private deep copy
+        out = obj if owned else json.loads(json.dumps(obj))
         out["apiVersion"] = info.group_version
         out["kind"] = info.kind
         return out
@@ -292,9 +295,9 @@ class Registry:
 
     async def create(
         self, info: ResourceInfo, namespace: str | None, body: Any, dry_run: bool = False,
-        field_validation: str = "Ignore",
+        field_validation: str = "Ignore", owned: bool = False,
     ) -> Obj:
-        obj = self._check_type(info, body)
+        obj = self._check_type(info, body, owned)
         self._check_fields(info, obj, field_validation)
         m = meta(obj)
         if info.namespaced:
@@ -382,12 +385,13 @@ class Registry:
         subresource: str | None = None,
         dry_run: bool = False,
         field_validation: str = "Ignore",
+        owned: bool = False,
     ) -> Obj:
         if subresource == "scale":
             if isinstance(body, dict):
                 self._check_fields(info, body, field_validation, SCALE_SCHEMA)
             return await self._update_scale(info, namespace, name, body, dry_run)
-        obj = self._check_type(info, body)
+        obj = self._check_type(info, body, owned)
         self._check_fields(info, obj, field_validation)
         m = meta(obj)
         if m.get("name") and m["name"] != name:
@@ -403,7 +407,7 @@ class Registry:
         if want_rv not in (None, "") and str(want_rv) != str(rec.mod_revision):
             raise conflict(info.plural, name, info.group)
         new = self._merge_for_update(info, old, obj, subresource)
-        return await self._write_update(info, key, old, new, rec.mod_revision, dry_run)
+        return await self._write_update(info, key, old, new, rec.mod_revision, dry_run, rec.value)
 
     def _merge_for_update(self, info: ResourceInfo, old: Obj, obj: Obj, subresource: str | None) -> Obj:
         om = old["metadata"]
@@ -432,8 +436,10 @@ class Registry:
         return new
 
     async def _write_update(
-        self, info: ResourceInfo, key: str, old: Obj, new: Obj, expected: int, dry_run: bool
+        self, info: ResourceInfo, key: str, old: Obj, new: Obj, expected: int, dry_run: bool,
+        stored: bytes | None = None,
     ) -> Obj:
+        """Write new over old; `stored` is old's stored form when the caller has it (saves an encode)."""
         name = old["metadata"]["name"]
         apply_defaults(info, new)
         if info is SERVICES:
@@ -450,7 +456,7 @@ class Registry:
         if causes:
             raise invalid(info.kind, name, causes, info.group)
         new["metadata"].pop("resourceVersion", None)
-        old_bytes = encode(old)
+        old_bytes = stored if stored is not None else encode(old)
         new_bytes = encode(new)
         if new_bytes == old_bytes:
             # Nothing changed: kube does not write (no new resourceVersion, no event).
@@ -527,7 +533,7 @@ class Registry:
             raise invalid("Scale", name, [Cause("spec.replicas", "must be a non-negative integer")], "autoscaling")
         new = json.loads(json.dumps(old))
         new["spec"]["replicas"] = replicas
-        out = await self._write_update(info, key, old, new, rec.mod_revision, dry_run)
+        out = await self._write_update(info, key, old, new, rec.mod_revision, dry_run, rec.value)
         return self.scale_of(out)
 
     # -- patch --------------------------------------------------------------------
@@ -560,7 +566,9 @@ class Registry:
             if not precondition:
                 pm["resourceVersion"] = rv  # conditional on what we read; retried on a race
             try:
-                return await self.update(info, namespace, name, patched, subresource, dry_run, field_validation)
+                # apply_patch returns a new object: handed over, no copy needed.
+                return await self.update(info, namespace, name, patched, subresource, dry_run, field_validation,
+                                         owned=True)
             except APIError as e:
                 if e.code == 409 and e.reason == "Conflict" and not precondition:
                     continue

@@ -214,7 +214,7 @@ class APIServer:
                 return await self._list(request, t)
             if m == "POST":
                 body = await self._body(request)
-                obj = await reg.create(info, t.namespace, body, dry_run, fv)
+                obj = await reg.create(info, t.namespace, body, dry_run, fv, owned=True)
                 return json_response(obj, 201)
             if m == "DELETE":
                 return await self._delete_collection(request, t)
@@ -228,7 +228,7 @@ class APIServer:
             return self._render(request, info, obj)
         if m == "PUT":
             body = await self._body(request)
-            obj = await reg.update(info, t.namespace, t.name, body, t.subresource, dry_run, fv)
+            obj = await reg.update(info, t.namespace, t.name, body, t.subresource, dry_run, fv, owned=True)
             return json_response(obj)
         if m == "PATCH":
             ctype = request.headers.get("Content-Type", "").split(";")[0].strip()
