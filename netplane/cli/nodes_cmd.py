@@ -13,15 +13,15 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import click
 
 from netplane.api import resources as res
-from netplane.client.kubeconfig import ClusterConfig, KubeconfigError, load_config
-from netplane.client.rest import APIClient, APIConnectionError, APIStatusError
+from netplane.cli.clientctx import cluster_config, run_with_client
+from netplane.client.rest import APIClient, APIStatusError
 from netplane.state.config import ConfigError, parse_duration
 
 NODES = res.must("", "v1", "nodes")
@@ -31,27 +31,6 @@ POLL_INTERVAL = 0.25
 T = TypeVar("T")
 
 
-def _config(ctx: click.Context) -> ClusterConfig:
-    obj = ctx.find_root().obj or {}
-    try:
-        return load_config(server=obj.get("server"), kubeconfig=obj.get("kubeconfig"))
-    except KubeconfigError as e:
-        raise click.ClickException(str(e)) from e
-
-
-def _run(config: ClusterConfig, body: Callable[[APIClient], Awaitable[T]]) -> T:
-    """Run body with a connected client; API and connection errors become one clear line."""
-
-    async def main() -> T:
-        async with APIClient(config) as client:
-            return await body(client)
-
-    try:
-        return asyncio.run(main())
-    except APIStatusError as e:
-        raise click.ClickException(e.message) from e
-    except APIConnectionError as e:
-        raise click.ClickException(str(e)) from e
 
 
 async def set_unschedulable(client: APIClient, node: str, value: bool) -> bool:
@@ -134,7 +113,7 @@ def cordon(ctx: click.Context, node: str) -> None:
     async def body(client: APIClient) -> bool:
         return await set_unschedulable(client, node, True)
 
-    changed = _run(_config(ctx), body)
+    changed = run_with_client(cluster_config(ctx), body)
     click.echo(f"node/{node} cordoned" if changed else f"node/{node} already cordoned")
 
 
@@ -147,7 +126,7 @@ def uncordon(ctx: click.Context, node: str) -> None:
     async def body(client: APIClient) -> bool:
         return await set_unschedulable(client, node, False)
 
-    changed = _run(_config(ctx), body)
+    changed = run_with_client(cluster_config(ctx), body)
     click.echo(f"node/{node} uncordoned" if changed else f"node/{node} already uncordoned")
 
 
@@ -168,7 +147,7 @@ def drain(ctx: click.Context, node: str, grace_period: int, timeout_text: str, f
     Pods are deleted directly, not through the Eviction API (no PodDisruptionBudgets here).
     """
     timeout = _duration(timeout_text)
-    config = _config(ctx)
+    config = cluster_config(ctx)
 
     async def body(client: APIClient) -> None:
         changed = await set_unschedulable(client, node, True)
@@ -195,7 +174,7 @@ def drain(ctx: click.Context, node: str, grace_period: int, timeout_text: str, f
         await _wait_gone(client, waiting, timeout, lambda ns, name: click.echo(f"pod/{name} evicted"))
         click.echo(f"node/{node} drained")
 
-    _run(config, body)
+    run_with_client(config, body)
 
 
 async def _wait_gone(client: APIClient, waiting: dict[tuple[str, str], str], timeout: float,

@@ -7,10 +7,8 @@ status 1, through click.ClickException.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import sys
-from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
@@ -19,34 +17,13 @@ import yaml
 
 from netplane.api.manifests import Document, ManifestError, load_manifests
 from netplane.api.resources import ResourceInfo, resolve_name
+from netplane.cli.clientctx import cluster_config, run_with_client
 from netplane.client.apply import ApplyError, apply_object, display_ref, qualified_kind, resolve_target
-from netplane.client.kubeconfig import ClusterConfig, KubeconfigError, load_config
-from netplane.client.rest import TABLE_ACCEPT, APIClient, APIConnectionError, APIStatusError, resource_path
+from netplane.client.rest import TABLE_ACCEPT, APIClient, APIStatusError, resource_path
 
 T = TypeVar("T")
 
 
-def _config(ctx: click.Context) -> ClusterConfig:
-    obj = ctx.find_root().obj or {}
-    try:
-        return load_config(server=obj.get("server"), kubeconfig=obj.get("kubeconfig"))
-    except KubeconfigError as e:
-        raise click.ClickException(str(e)) from e
-
-
-def _run(config: ClusterConfig, body: Callable[[APIClient], Awaitable[T]]) -> T:
-    """Run ``body`` with a connected client; expected errors become one clear line."""
-
-    async def main() -> T:
-        async with APIClient(config) as client:
-            return await body(client)
-
-    try:
-        return asyncio.run(main())
-    except APIStatusError as e:
-        raise click.ClickException(e.message) from e
-    except (APIConnectionError, ApplyError, ManifestError, KubeconfigError) as e:
-        raise click.ClickException(str(e)) from e
 
 
 def _load(files: tuple[str, ...]) -> list[Document]:
@@ -77,7 +54,7 @@ def _resource(name: str) -> ResourceInfo:
 @click.pass_context
 def apply(ctx: click.Context, files: tuple[str, ...], namespace: str | None) -> None:
     """Create objects, or update them to match the manifests (like kubectl apply)."""
-    config = _config(ctx)
+    config = cluster_config(ctx)
     docs = _load(files)
     # Catch mistakes in any document before changing anything.
     for doc in docs:
@@ -90,7 +67,7 @@ def apply(ctx: click.Context, files: tuple[str, ...], namespace: str | None) -> 
         for doc in docs:
             click.echo(await apply_object(client, doc, config.namespace, namespace))
 
-    _run(config, body)
+    run_with_client(config, body)
 
 
 # ----------------------------------------------------------------------------------------------- get
@@ -113,7 +90,7 @@ def get(ctx: click.Context, kind: str, names: tuple[str, ...], namespace: str | 
     info = _resource(kind)
     if names and all_namespaces:
         raise click.ClickException("a resource cannot be retrieved by name across all namespaces")
-    config = _config(ctx)
+    config = cluster_config(ctx)
     ns: str | None = None
     if info.namespaced and not all_namespaces:
         ns = namespace or config.namespace
@@ -125,7 +102,7 @@ def get(ctx: click.Context, kind: str, names: tuple[str, ...], namespace: str | 
             return [await client.request("GET", resource_path(info, ns, n), accept=accept) for n in names]
         return [await client.list(info, ns, selector, field_selector, accept=accept)]
 
-    answers = _run(config, body)
+    answers = run_with_client(config, body)
 
     if structured:
         objs = answers if names else [_with_type(o, info) for o in answers[0].get("items") or []]
@@ -297,7 +274,7 @@ def delete(ctx: click.Context, kind: str | None, names: tuple[str, ...], files: 
     if files and kind:
         raise click.ClickException("give either -f FILE or KIND NAME, not both")
     targets: list[tuple[ResourceInfo, str, str | None]] = []
-    config = _config(ctx)
+    config = cluster_config(ctx)
     if files:
         for doc in _load(files):
             try:
@@ -336,6 +313,6 @@ def delete(ctx: click.Context, kind: str | None, names: tuple[str, ...], files: 
             click.echo(f'{qualified_kind(info)} "{name}" deleted')
         return errors
 
-    errors = _run(config, body)
+    errors = run_with_client(config, body)
     if errors:
         raise click.ClickException("; ".join(errors))
