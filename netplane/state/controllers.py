@@ -3,18 +3,18 @@
 The EndpointSlice controller follows the watch cache: a Service or Pod change
 marks the affected services dirty; after a short coalescing delay each dirty
 service is reconciled with the pure `desired_endpoint_slices`, and only the
-slices that differ are written.
+slices that differ are written. The life cycle and the work queue are the
+shared ones in controllerbase.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
-from typing import Any
 
 from netplane.api.errors import APIError
 from netplane.api.selectors import LabelSelector
+from netplane.state.controllerbase import Controller, Key, key_parts
 from netplane.state.endpointslices import desired_endpoint_slices
 from netplane.state.objects import Obj
 from netplane.state.registry import ENDPOINTSLICES, PODS, SERVICES, Registry
@@ -26,67 +26,39 @@ SERVICE_NAME_LABEL = "kubernetes.io/service-name"
 MANAGED_BY_LABEL = "endpointslice.kubernetes.io/managed-by"
 MANAGED_BY = "endpointslice-controller.k8s.io"
 
-ServiceKey = tuple[str, str]  # (namespace, name)
 
 
-def _key_parts(key: str) -> tuple[str, str]:
-    """(namespace, name) from /registry/<group>/<plural>/<ns>/<name>."""
-    parts = key.split("/")
-    return parts[-2], parts[-1]
+class EndpointSliceController(Controller):
+    name = "endpointslices"
 
-
-class EndpointSliceController:
     def __init__(self, registry: Registry, delay: float = 0.01) -> None:
-        self.registry = registry
-        self.delay = delay
-        self._selectors: dict[ServiceKey, dict[str, str]] = {}
-        self._dirty: set[ServiceKey] = set()
-        self._wake = asyncio.Event()
-        self._tasks: list[asyncio.Task[Any]] = []
+        super().__init__(registry, delay)
+        self._selectors: dict[Key, dict[str, str]] = {}
 
-    async def start(self) -> None:
-        sub = self.registry.cache.subscribe("/registry/")
+    async def _initial(self) -> None:
         lst = await self.registry.list(SERVICES, None)
         for svc in lst["items"]:
             key = (svc["metadata"]["namespace"], svc["metadata"]["name"])
             self._selectors[key] = (svc.get("spec") or {}).get("selector") or {}
-            self._dirty.add(key)
+            self.queue.add(key)
         # Slices whose service is gone (deleted while we were down) are reconciled too.
         slices = await self.registry.list(ENDPOINTSLICES, None)
         for s in slices["items"]:
             labels = s["metadata"].get("labels") or {}
             if labels.get(MANAGED_BY_LABEL) == MANAGED_BY and labels.get(SERVICE_NAME_LABEL):
-                self._dirty.add((s["metadata"]["namespace"], labels[SERVICE_NAME_LABEL]))
-        self._wake.set()
-        self._tasks.append(asyncio.create_task(self._follow(sub), name="endpointslices-follow"))
-        self._tasks.append(asyncio.create_task(self._work(), name="endpointslices-work"))
+                self.queue.add((s["metadata"]["namespace"], labels[SERVICE_NAME_LABEL]))
 
-    async def stop(self) -> None:
-        for t in self._tasks:
-            t.cancel()
-        for t in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await t
-
-    async def _follow(self, sub: Any) -> None:
-        try:
-            while True:
-                change: Change = await sub.next()
-                self._observe(change)
-        finally:
-            sub.close()
-
-    def _observe(self, change: Change) -> None:
+    def observe(self, change: Change) -> None:
         key = change.key
         if key.startswith("/registry/core/services/"):
-            sk = _key_parts(key)
+            sk = key_parts(key)
             if change.type == "DELETED":
                 self._selectors.pop(sk, None)
             else:
                 self._selectors[sk] = (change.object.get("spec") or {}).get("selector") or {}
-            self._mark(sk)
+            self.queue.add(sk)
         elif key.startswith("/registry/core/pods/"):
-            ns, _ = _key_parts(key)
+            ns, _ = key_parts(key)
             label_sets = [(change.object.get("metadata") or {}).get("labels") or {}]
             if change.previous is not None:
                 label_sets.append((change.previous.get("metadata") or {}).get("labels") or {})
@@ -94,34 +66,17 @@ class EndpointSliceController:
                 if sk[0] != ns or not selector:
                     continue
                 if any(all(labels.get(k) == v for k, v in selector.items()) for labels in label_sets):
-                    self._mark(sk)
+                    self.queue.add(sk)
         elif key.startswith("/registry/discovery.k8s.io/endpointslices/"):
             labels = (change.object.get("metadata") or {}).get("labels") or {}
             if labels.get(MANAGED_BY_LABEL) == MANAGED_BY and labels.get(SERVICE_NAME_LABEL):
                 # Someone else edited or removed one of our slices: put it right.
-                ns, _ = _key_parts(key)
-                self._mark((ns, labels[SERVICE_NAME_LABEL]))
+                ns, _ = key_parts(key)
+                self.queue.add((ns, labels[SERVICE_NAME_LABEL]))
 
-    def _mark(self, sk: ServiceKey) -> None:
-        self._dirty.add(sk)
-        self._wake.set()
-
-    async def _work(self) -> None:
-        while True:
-            await self._wake.wait()
-            await asyncio.sleep(self.delay)  # coalesce a burst of changes into one pass
-            self._wake.clear()
-            batch, self._dirty = self._dirty, set()
-            for sk in sorted(batch):
-                try:
-                    await self.reconcile(*sk)
-                except APIError as e:
-                    if e.code == 409:
-                        self._mark(sk)  # raced with another write: try again
-                    else:
-                        log.warning("endpointslice sync failed service=%s/%s error=%s", *sk, e.message)
-                except Exception:
-                    log.exception("endpointslice sync failed service=%s/%s", *sk)
+    async def sync(self, namespace: str, name: str) -> float | None:
+        await self.reconcile(namespace, name)
+        return None
 
     async def reconcile(self, namespace: str, name: str) -> None:
         reg = self.registry
