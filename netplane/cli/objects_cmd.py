@@ -17,6 +17,7 @@ import yaml
 
 from netplane.api.manifests import Document, ManifestError, load_manifests
 from netplane.api.resources import ResourceInfo, resolve_name
+from netplane.api.tables import human_duration
 from netplane.cli.clientctx import cluster_config, run_with_client
 from netplane.client.apply import ApplyError, apply_object, display_ref, qualified_kind, resolve_target
 from netplane.client.rest import TABLE_ACCEPT, APIClient, APIStatusError, resource_path
@@ -223,39 +224,7 @@ def age(timestamp: Any, now: datetime | None = None) -> str:
         return "<unknown>"
     if then.tzinfo is None:
         then = then.replace(tzinfo=UTC)
-    return human_duration((now or datetime.now(UTC)) - then)
-
-
-def human_duration(delta: Any) -> str:
-    """k8s.io/apimachinery's duration.HumanDuration."""
-    seconds = int(delta.total_seconds())
-    if seconds < -1:
-        return "<invalid>"
-    if seconds < 0:
-        return "0s"
-    if seconds < 60 * 2:
-        return f"{seconds}s"
-    minutes = seconds // 60
-    if minutes < 10:
-        s = seconds % 60
-        return f"{minutes}m{s}s" if s else f"{minutes}m"
-    if minutes < 60 * 3:
-        return f"{minutes}m"
-    hours = minutes // 60
-    if hours < 8:
-        m = minutes % 60
-        return f"{hours}h{m}m" if m else f"{hours}h"
-    if hours < 48:
-        return f"{hours}h"
-    if hours < 24 * 8:
-        h = hours % 24
-        return f"{hours // 24}d{h}h" if h else f"{hours // 24}d"
-    if hours < 24 * 365 * 2:
-        return f"{hours // 24}d"
-    if hours < 24 * 365 * 8:
-        d = (hours // 24) % 365
-        return f"{hours // 24 // 365}y{d}d" if d else f"{hours // 24 // 365}y"
-    return f"{hours // 24 // 365}y"
+    return human_duration(((now or datetime.now(UTC)) - then).total_seconds())
 
 
 # -------------------------------------------------------------------------------------------- delete

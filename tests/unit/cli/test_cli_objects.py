@@ -14,7 +14,7 @@ from click.testing import CliRunner, Result
 
 from netplane.api.resources import resolve_name
 from netplane.cli.main import cli
-from netplane.cli.objects_cmd import format_table, human_duration
+from netplane.cli.objects_cmd import age, format_table
 from netplane.client.fake import FakeAPIServer
 
 APP = """\
@@ -251,5 +251,7 @@ def test_format_table_matches_kubectls_tabwriter() -> None:
      (10 * 3600, "10h"), (3 * 86400 + 3600, "3d1h"), (30 * 86400, "30d"), (800 * 86400, "2y70d"),
      (9 * 365 * 86400, "9y")],
 )
-def test_human_duration(seconds: int, text: str) -> None:
-    assert human_duration(timedelta(seconds=seconds)) == text
+def test_age_column(seconds: int, text: str) -> None:
+    now = datetime(2026, 1, 1, tzinfo=UTC)
+    created = (now - timedelta(seconds=seconds)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    assert age(created, now) == text
