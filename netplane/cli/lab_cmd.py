@@ -27,14 +27,21 @@ def lab() -> None:
 @click.option("--nodes", default=3, show_default=True, type=int)
 @click.option("--backend", type=click.Choice(["vxlan", "host-gw"]), default="vxlan", show_default=True)
 @click.option("--proxy-mode", type=click.Choice(["iptables", "nftables"]), default="iptables", show_default=True)
-def up(nodes: int, backend: str, proxy_mode: str) -> None:
+@click.option("--ingress", is_flag=True, help="Also run the Ingress controller (nginx) on n1, on its address and "
+                                              "on NodePorts 30880/30443 of every node.")
+def up(nodes: int, backend: str, proxy_mode: str, ingress: bool) -> None:
     """Create the namespaces and start the state server, node agents and proxies."""
     from netplane.lab.cluster import Lab, LabError
     from netplane.lab.topology import TopologyError, plan
 
     _need_root()
     try:
-        Lab(plan(nodes, backend, proxy_mode)).up(progress=_say)
+        lab_ = Lab(plan(nodes, backend, proxy_mode))
+        lab_.up(progress=_say)
+        if ingress:
+            from netplane.ingress.lab import start as start_ingress
+
+            start_ingress(lab_, progress=_say)
     except (LabError, TopologyError) as e:
         raise click.ClickException(str(e)) from None
 

@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from functools import partial
 from importlib import resources as pkg_resources
 from typing import Any, TypeVar
 
@@ -126,14 +127,15 @@ def run_demo(nodes: int, backend: str, proxy_mode: str, keep: bool) -> bool:
         svc = lab.api(lambda c: c.get(SERVICES, "echo", "default"))
         cip = svc["spec"]["clusterIP"]
         src = pod_netns(lab, a["metadata"]["name"], "default")
+        # The proxies program the service within their sync period of the endpoints turning ready.
+        wait_until(f"the proxies to program {cip}", lambda: fetch_in(src, f"http://{cip}/"), 20)
         seen = {fetch_in(src, f"http://{cip}/")["pod"] for _ in range(30)}
-        if not seen:
-            raise DemoFailure("no answer through the ClusterIP")
         _ok(f"30 requests to {cip}:80 were answered by {len(seen)} pods: {', '.join(sorted(seen))}")
 
         _step(5, "From outside the cluster through a NodePort")
         for n in lab.plan.nodes:
-            ans = fetch_in(lab.plan.external.netns, f"http://{n.address}:30080/")
+            ans = wait_until(f"NodePort 30080 on {n.name}",
+                             partial(fetch_in, lab.plan.external.netns, f"http://{n.address}:30080/"), 20)
             _ok(f"external client -> {n.name} {n.address}:30080 answered by {ans['pod']}")
 
         _step(6, "Scale up: traffic follows")
@@ -148,7 +150,12 @@ def run_demo(nodes: int, backend: str, proxy_mode: str, keep: bool) -> bool:
         wait_until("every pod to answer through the service", all_reached, 30)
         _ok(f"scaled to 5: all {len(names)} pods answer through {cip}")
 
-        _step(7, "Drain a node: its pods move, the service keeps answering")
+        _step(7, "Ingress: nginx on n1 routes two hosts and two paths to two services (blue and green)")
+        from netplane.ingress.lab import demo_step as ingress_demo_step
+
+        ingress_demo_step(lab, lambda m: _say(f"    {m}"), _ok, wait_until)
+
+        _step(8, "Drain a node: its pods move, the service keeps answering")
         victim = next(n.name for n in lab.plan.nodes if any(p["spec"]["nodeName"] == n.name for p in pods))
         proc = subprocess.run(labnet.netns_exec_argv(lab.plan.control_plane.netns, [
             *netplane_argv(), "--server", lab.plan.api_url, "drain", victim, "--timeout", "60"]),
