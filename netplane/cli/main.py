@@ -30,6 +30,9 @@ COMMANDS: dict[str, str] = {
     "drain": "netplane.cli.nodes_cmd:drain",
     "lab": "netplane.cli.lab_cmd:lab",
     "proxy": "netplane.cli.proxy_cmd:proxy",
+    "dns": "netplane.cli.dns_cmd:dns",
+    "ingress": "netplane.cli.ingress_cmd:ingress",
+    "install": "netplane.cli.install_cmd:install", "uninstall": "netplane.cli.install_cmd:uninstall",
 }
 
 
