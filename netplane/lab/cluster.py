@@ -98,6 +98,7 @@ class Lab:
                 self._start_node(node.name, progress)
             progress("waiting for every node to register and become Ready")
             self._wait(lambda: self._nodes_ready(), timeout, "nodes to become Ready")
+            self._start_dns(progress, timeout)
         except BaseException:
             with contextlib.suppress(Exception):
                 self.down(progress=lambda _m: None)
@@ -154,6 +155,21 @@ class Lab:
         ], env)
         self.procs.wait_started(agent)
         self.procs.wait_started(proxy)
+
+    def _start_dns(self, progress: Callable[[str], None], timeout: float) -> None:
+        """The cluster DNS (netplane dns) as a Deployment behind kube-dns at 10.96.0.10, as kubeadm
+        deploys CoreDNS; up once a node reaches it through the Service."""
+        from netplane.client.apply import apply_objects
+        from netplane.dns import lab as dns_lab
+
+        progress(f"deploying the cluster DNS: kube-system/kube-dns at {dns_lab.CLUSTER_DNS}")
+        self.api(lambda c: apply_objects(c, dns_lab.kube_dns_manifests(self.plan.api_url), "kube-system"))
+
+        def answers() -> bool:
+            with entered(f"/run/netns/{self.plan.nodes[0].netns}"):
+                return dns_lab.answers(dns_lab.CLUSTER_DNS)
+
+        self._wait(answers, timeout, "the cluster DNS to answer at 10.96.0.10")
 
     def _nodes_ready(self) -> bool:
         async def check(client: Any) -> bool:

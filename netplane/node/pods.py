@@ -8,6 +8,12 @@ Images: the lab has no container images. A container's image picks what runs
   `netplane echo-server`: HTTP on the container's TCP ports (the image's usual
   port when none are declared; agnhost's --http-port and http-echo's -listen are
   honoured), UDP echo on its UDP ports; the container's command is ignored;
+- DNS images (DNS_IMAGES: netplane/dns, coredns/coredns, coredns, and the same under any registry
+  such as registry.k8s.io/coredns/coredns) run `netplane dns`: for netplane/dns the container's
+  args are `netplane dns` flags; CoreDNS images' args are CoreDNS flags (`-conf ...`) and are
+  ignored. `--listen 0.0.0.0:<port>` is added unless the args say otherwise, where the port is the
+  container's first UDP port (53 when none). The state server comes from `--server` in the args
+  or else the NETPLANE_SERVER variable in the container's env;
 - busybox and alpine run the container's command + args with /bin/busybox
   (`sh`, `sleep`, `nc`, `wget`, ... are its applets); a command is required;
 - any other image with a command runs that command as given, on the host's binaries;
@@ -38,6 +44,8 @@ ECHO_IMAGES: dict[str, int] = {
     "kicbase/echo-server": 8080, "mendhak/http-https-echo": 8080,
 }
 BUSYBOX_IMAGES = {"busybox", "library/busybox", "alpine", "library/alpine"}
+# image name -> whether the container's args are `netplane dns` flags (CoreDNS's are its own)
+DNS_IMAGES: dict[str, bool] = {"netplane/dns": True, "coredns/coredns": False, "coredns": False}
 
 
 class ImageNotSupported(Exception):
@@ -48,7 +56,7 @@ class ImageNotSupported(Exception):
 class ContainerPlan:
     argv: tuple[str, ...]
     env: tuple[tuple[str, str], ...] = ()
-    kind: str = "command"  # "echo", "busybox" or "command"
+    kind: str = "command"  # "echo", "dns", "busybox" or "command"
 
 
 def image_name(image: str) -> str:
@@ -124,6 +132,8 @@ def plan_container(container: Mapping[str, Any], python: str = sys.executable) -
         env = (("NETPLANE_ECHO_HTTP_PORTS", ",".join(map(str, http))),
                ("NETPLANE_ECHO_UDP_PORTS", ",".join(map(str, udp))))
         return ContainerPlan(tuple(argv), env, "echo")
+    if name in DNS_IMAGES:
+        return _dns_plan(container, args if DNS_IMAGES[name] else [], python)
     full = command + args
     if _is_busybox(name):
         if not command:
@@ -138,6 +148,15 @@ def plan_container(container: Mapping[str, Any], python: str = sys.executable) -
             f"image {image!r} has no lab mapping and the container has no command "
             f"(lab images: {', '.join(sorted(ECHO_IMAGES))}; busybox/alpine with a command)")
     return ContainerPlan(tuple(full), (), "command")
+
+
+def _dns_plan(container: Mapping[str, Any], flags: list[str], python: str) -> ContainerPlan:
+    if not any(f == "--listen" or f.startswith("--listen=") for f in flags):
+        port = next((p["containerPort"] for p in container.get("ports") or []
+                     if str(p.get("protocol") or "TCP").upper() == "UDP" and isinstance(p.get("containerPort"), int)),
+                    53)
+        flags = [*flags, "--listen", f"0.0.0.0:{port}"]
+    return ContainerPlan((python, "-m", "netplane.cli.main", "dns", *flags), (), "dns")
 
 
 # -- env --------------------------------------------------------------------------

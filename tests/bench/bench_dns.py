@@ -1,0 +1,412 @@
+"""Benchmark: `netplane dns` beside dnsmasq serving the same names, under dnsperf, in one run.
+
+    .venv/bin/python -m tests.bench.bench_dns [--services 1000] [--seconds 10] [--rounds 2]
+                                              [--memory-services 10000] [--queries 20000]
+
+A state server gets --services ClusterIP services (two named ports each) spread over 10
+namespaces, plus one headless service with 3 ready endpoints per 10 of them. `netplane dns` serves
+them from its informers (no upstream, no pod records); dnsmasq serves the same names from a hosts
+file (A and PTR), `srv-host` lines (SRV) and `local=/cluster.local/` (NXDOMAIN for the rest of the
+zone); Knot DNS (when installed) serves them authoritatively from zone files with one UDP worker. A
+sample of the query mix is first checked for identical answers (rcode and answer records).
+
+Both servers are pinned to CPU 0 and dnsperf to CPU 1 (`taskset`), so "qps on one core" is
+what is measured. Query mix: A of services 40%, A of headless services 10%, SRV 15%, PTR of
+cluster IPs 10%, NXDOMAIN in the zone 10%, search-path misses (`web.ns.svc.cluster.local.ns.svc.cluster.local`
+and the like) 15%.
+
+Reported, for each server: peak qps (dnsperf with 10 clients and 500 queries outstanding, after one
+unmeasured pass through the mix; the best of --rounds interleaved runs), p50/p99 latency at half of
+netplane's peak rate (the same offered load for all), ratios, RSS with --services; then RSS of
+`netplane dns` with --memory-services.
+Goals (issue 6): at least CoreDNS's published ~17k qps per vCPU, p99 <= 1 ms at half of peak,
+<= 200 MB with 10k services.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import random
+import re
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import dns.message
+import dns.query
+import dns.rcode
+import dns.reversename
+
+from netplane.api.resources import must
+from netplane.client.kubeconfig import ClusterConfig
+from netplane.client.rest import APIClient
+from tests.support.server import NETPLANE, ServerProcess, start_server
+
+SERVICES = must("", "v1", "services")
+SLICES = must("discovery.k8s.io", "v1", "endpointslices")
+NAMESPACES = [f"bench{i}" for i in range(10)]
+COREDNS_QPS_PER_VCPU = 17_000  # CoreDNS's scaling guide (kubernetes/dns docs/scale-and-performance)
+SERVER_CPU, CLIENT_CPU = "0", "1"
+
+
+def sh(*cmd: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(list(cmd), capture_output=True, text=True, timeout=timeout, check=False)
+
+
+def free_port() -> int:
+    import socket
+
+    for _ in range(50):
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
+            u.bind(("127.0.0.1", 0))
+            port = int(u.getsockname()[1])
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as t:
+                try:
+                    t.bind(("127.0.0.1", port))
+                except OSError:
+                    continue
+                return port
+    raise RuntimeError("no free port")
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+# -- cluster objects ------------------------------------------------------------------------------
+
+@dataclass
+class Zone:
+    clusterip: list[tuple[str, str, str]]  # (fqdn, ip, namespace)
+    headless: list[tuple[str, list[tuple[str, str]]]]  # (fqdn, [(endpoint fqdn, ip)])
+
+
+async def _create_services(url: str, start: int, count: int) -> None:
+    async with APIClient(ClusterConfig(server=url)) as client:
+        if start == 0:
+            for ns in NAMESPACES:
+                await client.create(must("", "v1", "namespaces"),
+                                    {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}})
+        sem = asyncio.Semaphore(32)
+
+        async def one(i: int) -> None:
+            ns = NAMESPACES[i % len(NAMESPACES)]
+            async with sem:
+                if i % 10 == 9:
+                    await client.create(SERVICES, {
+                        "apiVersion": "v1", "kind": "Service", "metadata": {"name": f"hl{i}", "namespace": ns},
+                        "spec": {"clusterIP": "None", "ports": [{"name": "http", "port": 80}]}}, ns)
+                    await client.create(SLICES, {
+                        "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice", "addressType": "IPv4",
+                        "metadata": {"name": f"hl{i}-1", "namespace": ns,
+                                     "labels": {"kubernetes.io/service-name": f"hl{i}"}},
+                        "endpoints": [{"addresses": [f"10.{200 + i // 60000}.{(i // 250) % 240}.{i % 250 + 1 + k}"],
+                                       "conditions": {"ready": True}} for k in range(0, 3)],
+                        "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}]}, ns)
+                else:
+                    await client.create(SERVICES, {
+                        "apiVersion": "v1", "kind": "Service", "metadata": {"name": f"svc{i}", "namespace": ns},
+                        "spec": {"ports": [{"name": "http", "port": 80, "protocol": "TCP"},
+                                           {"name": "metrics", "port": 9090, "protocol": "TCP"}]}}, ns)
+
+        await asyncio.gather(*(one(i) for i in range(start, start + count)))
+
+
+async def _read_zone(url: str) -> Zone:
+    async with APIClient(ClusterConfig(server=url)) as client:
+        services = (await client.list(SERVICES))["items"]
+        slices = (await client.list(SLICES))["items"]
+    by_svc: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for s in slices:
+        name = (s["metadata"].get("labels") or {}).get("kubernetes.io/service-name")
+        by_svc.setdefault((str(s["metadata"]["namespace"]), str(name)), []).append(s)
+    zone = Zone([], [])
+    for svc in services:
+        ns, name = svc["metadata"]["namespace"], svc["metadata"]["name"]
+        if ns not in NAMESPACES:
+            continue
+        fqdn = f"{name}.{ns}.svc.cluster.local"
+        if svc["spec"].get("clusterIP") == "None":
+            eps = [(f"{a.replace('.', '-')}.{fqdn}", a) for s in by_svc.get((ns, name), [])
+                   for e in s.get("endpoints") or [] for a in e["addresses"]]
+            zone.headless.append((fqdn, eps))
+        else:
+            zone.clusterip.append((fqdn, svc["spec"]["clusterIP"], ns))
+    return zone
+
+
+def query_mix(zone: Zone, count: int, rng: random.Random) -> list[str]:
+    lines: list[str] = []
+    for _ in range(count):
+        roll = rng.random()
+        fqdn, ip, ns = rng.choice(zone.clusterip)
+        if roll < 0.40:
+            lines.append(f"{fqdn} A")
+        elif roll < 0.50:
+            lines.append(f"{rng.choice(zone.headless)[0]} A")
+        elif roll < 0.65:
+            lines.append(f"_http._tcp.{fqdn} SRV")
+        elif roll < 0.75:
+            lines.append(f"{dns.reversename.from_address(ip).to_text(omit_final_dot=True)} PTR")
+        elif roll < 0.85:
+            lines.append(f"missing{rng.randrange(10**6)}.{ns}.svc.cluster.local A")
+        else:
+            suffix = rng.choice([f"{ns}.svc.cluster.local", "svc.cluster.local", "cluster.local"])
+            lines.append(f"{fqdn}.{suffix} {rng.choice(['A', 'AAAA'])}")
+    return lines
+
+
+# -- servers ----------------------------------------------------------------------------------------
+
+@dataclass
+class Server:
+    label: str
+    proc: subprocess.Popen[bytes]
+    port: int
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+
+
+def wait_answer(port: int, name: str, timeout: float = 120.0) -> None:
+    deadline = time.monotonic() + timeout
+    q = dns.message.make_query(name, "A")
+    while time.monotonic() < deadline:
+        try:
+            r = dns.query.udp(q, "127.0.0.1", port=port, timeout=0.5)
+            if r.answer:
+                return
+        except Exception:
+            pass
+        time.sleep(0.1)
+    raise RuntimeError(f"no answer for {name} on port {port}")
+
+
+def start_netplane(url: str, workdir: Path) -> Server:
+    port = free_port()
+    log = open(workdir / "netplane-dns.log", "ab")  # noqa: SIM115 (the process holds it)
+    proc = subprocess.Popen(["taskset", "-c", SERVER_CPU, NETPLANE, "--server", url, "dns",
+                             "--listen", f"127.0.0.1:{port}", "--resolv-conf", "", "--pod-records", "disabled"],
+                            stdout=log, stderr=log, stdin=subprocess.DEVNULL)
+    return Server("netplane dns", proc, port)
+
+
+def start_dnsmasq(zone: Zone, workdir: Path) -> Server:
+    hosts = workdir / "hosts"
+    with hosts.open("w") as f:
+        for fqdn, ip, _ in zone.clusterip:
+            f.write(f"{ip} {fqdn}\n")
+        for fqdn, eps in zone.headless:
+            for ep_fqdn, ip in eps:
+                f.write(f"{ip} {ep_fqdn} {fqdn}\n")
+    conf = workdir / "dnsmasq.conf"
+    with conf.open("w") as f:
+        f.write("no-resolv\nno-hosts\nlocal=/cluster.local/\nlocal-ttl=5\nbind-interfaces\n")
+        f.write(f"addn-hosts={hosts}\n")
+        for fqdn, _, _ in zone.clusterip:
+            f.write(f"srv-host=_http._tcp.{fqdn},{fqdn},80,0,100\nsrv-host=_metrics._tcp.{fqdn},{fqdn},9090,0,100\n")
+    port = free_port()
+    proc = subprocess.Popen(["taskset", "-c", SERVER_CPU, "dnsmasq", "--keep-in-foreground", f"--conf-file={conf}",
+                             "--listen-address=127.0.0.1", f"--port={port}", "--pid-file=", "--user=root",
+                             "--group=root"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            stdin=subprocess.DEVNULL)
+    return Server("dnsmasq", proc, port)
+
+
+def start_knot(zone: Zone, workdir: Path) -> Server:
+    """Knot DNS, authoritative for cluster.local and in-addr.arpa from zone files, one UDP worker."""
+    kdir = workdir / "knot"
+    (kdir / "db").mkdir(parents=True, exist_ok=True)
+    fwd = ["$ORIGIN cluster.local.", "$TTL 5",
+           "@ SOA ns.dns.cluster.local. hostmaster.cluster.local. 1 7200 1800 86400 5",
+           "@ NS ns.dns.cluster.local.", 'dns-version TXT "1.1.0"']
+    rev = ["$ORIGIN in-addr.arpa.", "$TTL 5",
+           "@ SOA ns.dns.cluster.local. hostmaster.cluster.local. 1 7200 1800 86400 5",
+           "@ NS ns.dns.cluster.local."]
+    for fqdn, ip, _ in zone.clusterip:
+        fwd.append(f"{fqdn}. A {ip}")
+        for port_name, number in (("http", 80), ("metrics", 9090)):
+            fwd.append(f"_{port_name}._tcp.{fqdn}. SRV 0 100 {number} {fqdn}.")
+        rev.append(f"{dns.reversename.from_address(ip).to_text()} PTR {fqdn}.")
+    for fqdn, eps in zone.headless:
+        for ep_fqdn, ip in eps:
+            fwd += [f"{fqdn}. A {ip}", f"{ep_fqdn}. A {ip}"]
+            rev.append(f"{dns.reversename.from_address(ip).to_text()} PTR {ep_fqdn}.")
+    (kdir / "cluster.local.zone").write_text("\n".join(fwd) + "\n")
+    (kdir / "in-addr.arpa.zone").write_text("\n".join(rev) + "\n")
+    port = free_port()
+    conf = kdir / "knot.conf"
+    conf.write_text(
+        f'server:\n    rundir: "{kdir}"\n    user: root:root\n    listen: 127.0.0.1@{port}\n'
+        "    udp-workers: 1\n    tcp-workers: 1\n    background-workers: 1\n"
+        f'database:\n    storage: "{kdir}/db"\n'
+        "log:\n  - target: stderr\n    any: error\n"
+        f'template:\n  - id: default\n    storage: "{kdir}"\n    semantic-checks: off\n'
+        "zone:\n  - domain: cluster.local\n    file: cluster.local.zone\n"
+        "  - domain: in-addr.arpa\n    file: in-addr.arpa.zone\n")
+    log = open(kdir / "knot.log", "ab")  # noqa: SIM115 (the process holds it)
+    proc = subprocess.Popen(["taskset", "-c", SERVER_CPU, "knotd", "-c", str(conf)], stdout=log, stderr=log,
+                            stdin=subprocess.DEVNULL)
+    return Server("knot", proc, port)
+
+
+def compare_answers(a: Server, b: Server, lines: list[str]) -> int:
+    """How many of the sampled queries get different answers (rcode, answer set) from the two servers."""
+    differ = 0
+    for line in lines:
+        name, rdtype = line.split()
+        got = []
+        for s in (a, b):
+            r = dns.query.udp(dns.message.make_query(name, rdtype), "127.0.0.1", port=s.port, timeout=2)
+            got.append((r.rcode(), sorted(rd.to_text() for rrset in r.answer for rd in rrset)))
+        if got[0] != got[1]:
+            differ += 1
+            if differ <= 3:
+                print(f"  differs: {line}: netplane={got[0]} dnsmasq={got[1]}")
+    return differ
+
+
+# -- dnsperf --------------------------------------------------------------------------------------------
+
+@dataclass
+class Run:
+    qps: float
+    lost: int
+    latencies: list[float]
+
+
+def dnsperf(port: int, qfile: Path, seconds: float, max_qps: float | None = None, verbose: bool = False) -> Run:
+    cmd = ["taskset", "-c", CLIENT_CPU, "dnsperf", "-s", "127.0.0.1", "-p", str(port), "-d", str(qfile),
+           "-l", str(seconds), "-c", "10", "-q", "500", "-t", "2"]
+    if max_qps:
+        cmd += ["-Q", str(int(max_qps))]
+    if verbose:
+        cmd.append("-v")
+    out = sh(*cmd, timeout=seconds + 60).stdout
+    qps = float(re.search(r"Queries per second:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    lost = int(re.search(r"Queries lost:\s+(\d+)", out).group(1))  # type: ignore[union-attr]
+    lat = [float(m) for m in re.findall(r"^> \S+ \S+ \S+ ([\d.]+)$", out, re.M)] if verbose else []
+    if verbose and not lat:
+        print(f"  (no per-query latencies in dnsperf's output for port {port}: {out[-300:]!r})")
+    return Run(qps, lost, lat)
+
+
+def pct(values: list[float], p: float) -> float:
+    if not values:
+        return float("nan")
+    values = sorted(values)
+    return values[min(len(values) - 1, int(p / 100 * len(values)))]
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--services", type=int, default=1000)
+    ap.add_argument("--seconds", type=float, default=10)
+    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--queries", type=int, default=20000)
+    ap.add_argument("--memory-services", type=int, default=10000, help="0 to skip the memory step")
+    args = ap.parse_args()
+    for tool in ("dnsperf", "dnsmasq", "taskset"):
+        if sh("sh", "-c", f"command -v {tool}").returncode != 0:
+            print(f"{tool} is not installed (./run setup installs it)", file=sys.stderr)
+            return 2
+    rng = random.Random(6)
+    with tempfile.TemporaryDirectory(prefix="np-dns-bench-") as tmp:
+        workdir = Path(tmp)
+        state: ServerProcess = start_server(workdir / "state")
+        servers: list[Server] = []
+        try:
+            t = time.monotonic()
+            asyncio.run(_create_services(state.url, 0, args.services))
+            print(f"created {args.services} services in {time.monotonic() - t:.1f}s")
+            zone = asyncio.run(_read_zone(state.url))
+            netplane = start_netplane(state.url, workdir)
+            servers.append(netplane)
+            servers.append(start_dnsmasq(zone, workdir))
+            if sh("sh", "-c", "command -v knotd").returncode == 0:
+                servers.append(start_knot(zone, workdir))
+            last = zone.clusterip[-1][0]
+            for s in servers:
+                wait_answer(s.port, last)
+            lines = query_mix(zone, args.queries, rng)
+            qfile = workdir / "queries.txt"
+            qfile.write_text("\n".join(lines) + "\n")
+            sample = rng.sample(lines, min(300, len(lines)))
+            for anchor in servers[1:]:
+                differ = compare_answers(netplane, anchor, sample)
+                print(f"answers compared with {anchor.label} on {len(sample)} sampled queries: {differ} differ")
+
+            for s in servers:  # one pass through the mix first, so netplane's response cache is warm
+                sh("taskset", "-c", CLIENT_CPU, "dnsperf", "-s", "127.0.0.1", "-p", str(s.port), "-d", str(qfile),
+                   "-n", "1", "-c", "10", "-q", "100", "-t", "2")
+            peaks: dict[str, list[Run]] = {s.label: [] for s in servers}
+            for r in range(args.rounds):
+                for s in servers if r % 2 == 0 else reversed(servers):
+                    peaks[s.label].append(dnsperf(s.port, qfile, args.seconds))
+            best = {label: max(runs, key=lambda x: x.qps) for label, runs in peaks.items()}
+            np_ = netplane.label
+            half = best[np_].qps / 2
+            at_half = {s.label: dnsperf(s.port, qfile, min(args.seconds, 5), max_qps=half, verbose=True)
+                       for s in servers}
+            mem = {s.label: rss_mb(s.proc.pid) for s in servers}
+            labels = [s.label for s in servers]
+            anchors = labels[1:]
+
+            print(f"\n{args.services} services; {len(lines)} queries in the mix; servers on CPU {SERVER_CPU}, "
+                  f"dnsperf on CPU {CLIENT_CPU}; load average {os.getloadavg()[0]:.1f}")
+            print(f"{'':26}" + "".join(f"{x:>14}" for x in labels) + "".join(f"{'/' + x:>12}" for x in anchors))
+
+            def row(title: str, values: dict[str, float], fmt: str) -> None:
+                cells = "".join(format(values[x], fmt).rjust(14) for x in labels)
+                ratios = "".join(f"{values[np_] / values[a]:12.2f}" if values[a] else f"{'-':>12}" for a in anchors)
+                print(f"{title:26}{cells}{ratios}")
+
+            row("peak qps (one core)", {x: best[x].qps for x in labels}, ",.0f")
+            print(f"{'  rounds':26}" + "".join("/".join(f"{r.qps / 1000:.0f}k" for r in peaks[x]).rjust(14)
+                                               for x in labels))
+            for p in (50, 99):
+                row(f"p{p} ms at {half:,.0f} qps", {x: pct(at_half[x].latencies, p) * 1000 for x in labels}, ".3f")
+            row("RSS MB", mem, ".1f")
+            print(f"CoreDNS reference: ~{COREDNS_QPS_PER_VCPU:,} qps per vCPU; netplane dns: "
+                  f"{best[np_].qps / COREDNS_QPS_PER_VCPU:.1f}x that")
+            p99 = pct(at_half[np_].latencies, 99) * 1000
+            print(f"goals: qps >= 17k/core {'met' if best[np_].qps >= COREDNS_QPS_PER_VCPU else 'NOT met'}; "
+                  f"p99 <= 1 ms at half peak {'met' if p99 <= 1.0 else 'NOT met'} ({p99:.3f} ms)")
+
+            if args.memory_services > args.services:
+                t = time.monotonic()
+                asyncio.run(_create_services(state.url, args.services, args.memory_services - args.services))
+                total = args.memory_services
+                last_i = next(i for i in range(total - 1, 0, -1) if i % 10 != 9)
+                wait_answer(netplane.port, f"svc{last_i}.{NAMESPACES[last_i % 10]}.svc.cluster.local", timeout=300)
+                # Answer the whole mix once so the response cache is as full as in service.
+                dnsperf(netplane.port, qfile, 3)
+                mem10k = rss_mb(netplane.proc.pid)
+                print(f"\nnetplane dns RSS with {total} services: {mem10k:.1f} MB "
+                      f"(goal <= 200 MB: {'met' if mem10k <= 200 else 'NOT met'}; "
+                      f"services created in {time.monotonic() - t:.1f}s)")
+        finally:
+            for s in servers:
+                s.stop()
+            state.kill()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
