@@ -27,16 +27,28 @@ class Change:
     type: str  # ADDED | MODIFIED | DELETED
     key: str
     object: Obj
-    previous: Obj | None
+    # The value before a MODIFIED change, as stored: decoded only by the few readers that need
+    # it (selector-filtered watches, some controllers), not once per write for everyone.
+    previous_raw: bytes | None
     revision: int
     # Encoded watch lines by event type, shared by every watcher that sends this change as is:
     # with a hundred watchers the object is serialised once, not a hundred times.
     lines: dict[str, bytes] = field(default_factory=dict, compare=False)
+    _decoded: dict[str, Obj] = field(default_factory=dict, compare=False)
+
+    @property
+    def previous(self) -> Obj | None:
+        if self.previous_raw is None:
+            return None
+        prev = self._decoded.get("previous")
+        if prev is None:
+            prev = self._decoded["previous"] = decode(self.previous_raw, self.revision)
+        return prev
 
 
 def _decode_event(ev: Event) -> Change:
     obj = decode(ev.value, ev.revision)
-    prev = decode(ev.prev_value, ev.revision) if ev.prev_value is not None and ev.type == "MODIFIED" else None
+    prev = ev.prev_value if ev.type == "MODIFIED" else None
     return Change(ev.type, ev.key, obj, prev, ev.revision)
 
 
