@@ -1,9 +1,11 @@
 """`netplane cni install`: put the plugin executables into a CNI bin dir, write a conflist.
 
-The executables are tiny Python scripts named after the plugin types
-(`netplane`, `netplane-ipam`), run with `-I -S`: no site import and no user
-environment, with the few directories they need put on sys.path explicitly,
-which saves the interpreter's site start-up on every pod.
+The executables are named after the plugin types (`netplane`, `netplane-ipam`).
+Where a C compiler is present they are the compiled launcher (launcher.py):
+it forwards the call to the agent without starting Python, and runs the Python
+plugin when it must. Otherwise they are tiny Python scripts run with `-I -S`:
+no site import and no user environment, with the few directories they need put
+on sys.path explicitly, which saves the interpreter's site start-up on every pod.
 """
 
 from __future__ import annotations
@@ -23,7 +25,11 @@ EXECUTABLES = {PLUGIN_TYPE: "bridge", BUILTIN_IPAM: "ipam"}
 
 
 def import_paths() -> list[str]:
-    """Directories holding netplane and pyroute2 (the only non-stdlib imports of the plugin)."""
+    """Directories holding netplane and the venv's packages (put on sys.path of the `-I -S` plugin).
+
+    The plugin itself needs only netplane and the stdlib; site-packages (found via
+    pyroute2, a dependency) stays on the path for anything imported lazily.
+    """
     paths: list[str] = []
     for module in ("netplane", "pyroute2"):
         spec = importlib.util.find_spec(module)
@@ -61,16 +67,47 @@ def _write_atomic(path: str, text: str, mode: int) -> None:
         raise
 
 
-def install_executables(bin_dir: str, python: str | None = None) -> list[str]:
+def install_executables(bin_dir: str, python: str | None = None, *, compiled: bool | None = None) -> list[str]:
+    """Install the plugin executables: the compiled launcher when a C compiler is at hand, else the script.
+
+    `compiled` True insists on the launcher (RuntimeError without one), False
+    writes the scripts; None (the default) takes the launcher when it builds.
+    NETPLANE_CNI_EXECUTABLE=script in the environment forces the scripts.
+    """
     os.makedirs(bin_dir, mode=0o755, exist_ok=True)
     python = python or sys.executable
     paths = import_paths()
+    if compiled is None and os.environ.get("NETPLANE_CNI_EXECUTABLE") == "script":
+        compiled = False
     written = []
     for name, plugin in EXECUTABLES.items():
         path = os.path.join(bin_dir, name)
+        if compiled is not False and _install_launcher(path, plugin, python, paths, required=bool(compiled)):
+            written.append(path)
+            continue
         _write_atomic(path, executable_text(plugin, python, paths), 0o755)
         written.append(path)
     return written
+
+
+def _install_launcher(path: str, plugin: str, python: str, paths: list[str], required: bool) -> bool:
+    from . import launcher
+
+    directory = os.path.dirname(path) or "."
+    fd, tmp = tempfile.mkstemp(prefix=".netplane-", dir=directory)
+    os.close(fd)
+    try:
+        problem = launcher.build(tmp, plugin, python, paths)
+        if problem is not None:
+            if required:
+                raise RuntimeError(f"cannot build the CNI launcher: {problem}")
+            return False
+        os.chmod(tmp, 0o755)
+        os.replace(tmp, path)  # atomic: a runtime exec'ing it meanwhile sees the old or the new file
+        return True
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
 
 
 def conflist(name: str, subnets: list[str], *, bridge: str = DEFAULT_BRIDGE, cni_version: str = CURRENT,

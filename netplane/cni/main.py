@@ -1,8 +1,10 @@
 """The `netplane-cni` executable: forward the call to the agent, or run it in-process.
 
 A runtime execs this for every pod, so its import path is kept lean: only os,
-sys and _socket until it knows it must do the work itself (then netplane.cni.plugin,
-and pyroute2 only once a verb touches the kernel). The fast path sends the
+sys and _socket until it knows it must do the work itself (then netplane.cni.plugin).
+Where `netplane cni install` could compile it, the compiled launcher
+(launcher.py) takes this module's place on the fast path and hands every other
+case to `main()` here, with a note in NETPLANE_CNI_LAUNCHER. The fast path sends the
 environment and stdin over a unix socket to `netplane cni serve` (later the node
 agent), which runs the very same `plugin.dispatch` with warm netlink sockets.
 The server declines calls from another network namespace (its "host" links
@@ -105,13 +107,21 @@ def _try_again(env: dict[str, str], stdin: bytes, details: str) -> tuple[int, by
     return resp.exit_code, resp.stdout
 
 
+LAUNCHER_REASON = "NETPLANE_CNI_LAUNCHER"  # set by the compiled launcher when it hands a call over (launcher.py)
+
+
 def run(plugin: str, env: dict[str, str], stdin: bytes) -> tuple[int, bytes]:
     if env.get("CNI_COMMAND") == "VERSION":
         # Runtimes call VERSION around every ADD/DEL; its answer needs neither a server nor config.
         from .version import version_reply
 
         return 0, version_reply()
-    answer = forward(socket_path(env, stdin), plugin, env, stdin)
+    # The launcher's note is for us alone: it must not reach the verbs or a delegated IPAM plugin.
+    reason = env.pop(LAUNCHER_REASON, "")
+    if reason.startswith("error:"):
+        return _try_again(env, stdin, reason[len("error:"):])
+    # "no-agent"/"declined": the launcher already asked the agent; anything else: ask it here.
+    answer = None if reason in ("no-agent", "declined") else forward(socket_path(env, stdin), plugin, env, stdin)
     if answer is not None:
         return answer
     from .plugin import dispatch

@@ -17,10 +17,8 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import secrets
 import sys
 import threading
-import traceback
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
@@ -42,7 +40,7 @@ from .errors import (
 from .result import DNS, Interface, IPAddress, IPConfig, Result, Route, to_dict
 
 if TYPE_CHECKING:
-    from ..kernel.links import Netlink
+    from ..kernel.links import LinkInfo, LinkReaper, Netlink
     from .ipam.store import DiskStore
 
 PLUGIN_BRIDGE = "bridge"
@@ -100,6 +98,29 @@ class Runtime:
         self._local = threading.local()
         self._all: list[Netlink] = []
         self._all_lock = threading.Lock()
+        self._reaper: LinkReaper | None = None
+
+    def delete_pod_link(self, cont: Netlink, index: int) -> bool:
+        """Delete the pod's veth; False if already gone.
+
+        A warm runtime answers once the kernel has unlisted the link and lets the
+        kernel's remaining teardown (~15 ms of RCU waits) finish in the background
+        (see LinkReaper); a one-shot process would wait for it at exit anyway.
+        """
+        if not self.warm or cont.netns_path is None:
+            return cont.delete_link(index)
+        with self._all_lock:
+            if self._reaper is None:
+                from ..kernel.links import LinkReaper
+
+                self._reaper = LinkReaper()
+            reaper = self._reaper
+        try:
+            return reaper.delete(cont.netns_path, index)
+        except OSError:
+            # The reaper could not open its own sockets there (the netns file went away
+            # meanwhile, fds exhausted...): delete through the socket we already hold.
+            return cont.delete_link(index)
 
     @contextlib.contextmanager
     def host(self) -> Iterator[Netlink]:
@@ -126,9 +147,12 @@ class Runtime:
             raise
 
     def close(self) -> None:
-        """Close every thread's socket (call when no call is in flight)."""
+        """Close every thread's socket and wait for link deletions still finishing (no call in flight)."""
         with self._all_lock:
             sockets, self._all = self._all, []
+            reaper, self._reaper = self._reaper, None
+        if reaper is not None:
+            reaper.close()
         for nl in sockets:
             nl.close()
         self._local = threading.local()
@@ -177,6 +201,8 @@ def dispatch(env: Mapping[str, str], stdin: bytes, *, plugin: str = PLUGIN_BRIDG
             log("error", command=env.get("CNI_COMMAND", ""), code=e.code, msg=e.msg, details=e.details)
         return Response(_json(e.to_dict(error_version)), 1)
     except Exception as e:  # a bug: report it in the spec's shape, keep the traceback on stderr
+        import traceback
+
         traceback.print_exc(file=sys.stderr)
         return Response(_json(CNIError(CODE_INTERNAL, "internal error", repr(e)).to_dict(error_version)), 1)
 
@@ -366,20 +392,19 @@ def _calc_gateways(conf: cniconfig.NetConf, ipam_result: Result) -> Result:
     return replace(ipam_result, ips=tuple(ips), routes=tuple(routes))
 
 
-def _configure_container(cont: Netlink, index: int, result: Result) -> None:
-    """ipam.ConfigureIface: addresses, link up, routes (a route without gw goes via the family's gateway)."""
-    for ipc in result.ips:
-        cont.ensure_address(index, ipc.address)
-    cont.set_up(index)
-    cont.set_up(LOOPBACK_IFINDEX)
+def _configure_container(cont: Netlink, index: int, result: Result) -> LinkInfo | None:
+    """ipam.ConfigureIface: addresses, link up, lo up, routes (a route without gw goes via the family's
+    gateway), all in one netlink round trip; returns the link as it is now."""
+    from ..kernel.links import PodRoute
+
     gateways: dict[int, IPAddress] = {}
     for ipc in result.ips:
         if ipc.gateway is not None:
             gateways.setdefault(ipc.address.version, ipc.gateway)
-    for r in result.routes:
-        gw = r.gw if r.gw is not None else gateways.get(r.dst.version)
-        cont.add_route(r.dst, gw, index, mtu=r.mtu, advmss=r.advmss, priority=r.priority, table=r.table,
-                       scope=r.scope)
+    routes = [PodRoute(r.dst, r.gw if r.gw is not None else gateways.get(r.dst.version), mtu=r.mtu,
+                       advmss=r.advmss, priority=r.priority, table=r.table, scope=r.scope)
+              for r in result.routes]
+    return cont.configure_pod(index, [ipc.address for ipc in result.ips], routes, loopback=LOOPBACK_IFINDEX)
 
 
 def _ensure_bridge_addr(host: Netlink, bridge: int, bridge_name: str, gw: Any, force: bool) -> None:
@@ -420,11 +445,7 @@ def bridge_add(call: Call, conf: cniconfig.NetConf, rt: Runtime) -> Result:
             br = host.ensure_bridge(conf.bridge, conf.mtu)
         except KernelError as e:
             raise _kernel_error(e, f"cannot set up bridge {conf.bridge!r}") from e
-        host_veth = _create_veth(host, cont, fd, call, conf, undo)
-        try:
-            host.attach_port(host_veth.index, br.index, _alias(conf, call), conf.hairpin_mode)
-        except KernelError as e:
-            raise _kernel_error(e, f"cannot attach {host_veth.name!r} to {conf.bridge!r}") from e
+        host_veth = _create_veth(host, cont, fd, call, conf, br.index, undo)
 
         ipam_result = _ipam_add(conf, call, undo)
         if not ipam_result.ips:
@@ -432,15 +453,18 @@ def bridge_add(call: Call, conf: cniconfig.NetConf, rt: Runtime) -> Result:
         result = _calc_gateways(conf, ipam_result)
 
         # The host end's IFLA_LINK is the pod end's ifindex (in the pod's namespace).
-        cont_link = cont.link_by_index(host_veth.peer_index) if host_veth.peer_index else None
-        if cont_link is None or cont_link.name != call.ifname:
-            cont_link = cont.link(call.ifname)
-        if cont_link is None:
-            raise CNIError(CODE_NETLINK, f"container interface {call.ifname!r} vanished", call.netns)
+        pod_index = host_veth.peer_index
+        if not pod_index:
+            found = cont.link(call.ifname)
+            if found is None:
+                raise CNIError(CODE_NETLINK, f"container interface {call.ifname!r} vanished", call.netns)
+            pod_index = found.index
         try:
-            _configure_container(cont, cont_link.index, result)
+            cont_link = _configure_container(cont, pod_index, result)
         except KernelError as e:
             raise _kernel_error(e, f"cannot configure {call.ifname!r} in {call.netns}") from e
+        if cont_link is None or cont_link.name != call.ifname:
+            raise CNIError(CODE_NETLINK, f"container interface {call.ifname!r} vanished", call.netns)
 
         if conf.is_gateway:
             try:
@@ -478,16 +502,18 @@ def bridge_add(call: Call, conf: cniconfig.NetConf, rt: Runtime) -> Result:
         return Result(interfaces, result.ips, result.routes, dns)
 
 
-def _create_veth(host: Netlink, cont: Netlink, fd: int, call: Call, conf: cniconfig.NetConf,
-                 undo: contextlib.ExitStack) -> Any:
+def _create_veth(host: Netlink, cont: Netlink, fd: int, call: Call, conf: cniconfig.NetConf, bridge: int,
+                 undo: contextlib.ExitStack) -> LinkInfo:
+    """The pod's veth pair, the host end up on the bridge, labelled and with its port flags set."""
     import errno
 
     from ..kernel.links import KernelError
 
     for _ in range(5):
-        name = "veth" + secrets.token_hex(4)
+        name = "veth" + os.urandom(4).hex()  # what secrets.token_hex does, without importing hashlib/hmac
         try:
-            host.add_veth(name, call.ifname, fd, conf.mtu)
+            # Up and enslaved in the creating request: the kernel applies both before it answers.
+            host.add_veth(name, call.ifname, fd, conf.mtu, up=True, master=bridge)
         except KernelError as e:
             if e.errno == errno.EEXIST:
                 if cont.link(call.ifname) is not None:
@@ -495,12 +521,12 @@ def _create_veth(host: Netlink, cont: Netlink, fd: int, call: Call, conf: cnicon
                                    f"in {call.netns}") from e
                 continue  # our random host-side name was taken: pick another
             raise _kernel_error(e, f"cannot create veth pair for {call.ifname!r}") from e
-        link = host.link(name)
-        if link is None:
-            raise CNIError(CODE_NETLINK, f"veth {name!r} vanished after creation", "")
-        # Deleting the host end removes the pod end too.
-        undo.callback(_quiet, host.delete_link, link.index)
-        return link
+        # Deleting the host end removes the pod end too. By name: the name is ours, it was just created.
+        undo.callback(_quiet, host.delete_link_named, name)
+        try:
+            return host.configure_port(name, _alias(conf, call), conf.hairpin_mode)
+        except KernelError as e:
+            raise _kernel_error(e, f"cannot attach {name!r} to {conf.bridge!r}") from e
     raise CNIError(CODE_NETLINK, "cannot pick a free host veth name", "")
 
 
@@ -533,9 +559,10 @@ def bridge_del(call: Call, conf: cniconfig.NetConf, rt: Runtime) -> None:
                 link = cont.link(call.ifname)
                 # Only a veth can be ours: never delete anything else (lo, a physical device...).
                 if link is not None and link.kind == "veth":
-                    pod_ips.update(a.ip for i, a in cont.addresses(link.index) if i == link.index)
+                    if conf.ip_masq:  # the addresses only matter for finding ipMasq entries
+                        pod_ips.update(a.ip for i, a in cont.addresses(link.index) if i == link.index)
                     try:
-                        removed = cont.delete_link(link.index)
+                        removed = rt.delete_pod_link(cont, link.index)
                     except KernelError as e:
                         raise _kernel_error(e, f"cannot delete {call.ifname!r} in {call.netns}") from e
     if not removed:
@@ -550,7 +577,10 @@ def bridge_del(call: Call, conf: cniconfig.NetConf, rt: Runtime) -> None:
 
         comment = _masq_comment(conf, call.container_id, call.ifname)
         try:
-            pod_ips.update(e.ip for e in ipmasq.entries() if e.comment == comment)
+            if not pod_ips:
+                # Nothing told us the pod's addresses (IPAM state lost, pod gone): find its
+                # entries by their comment. Otherwise those addresses are the ones ADD masqueraded.
+                pod_ips.update(e.ip for e in ipmasq.entries() if e.comment == comment)
             ipmasq.remove(conf.name, sorted(pod_ips, key=lambda ip: (ip.version, int(ip))))
         except ipmasq.IPMasqError as e:
             raise CNIError(CODE_IPMASQ, "cannot tear down ipMasq", str(e)) from e

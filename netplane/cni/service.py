@@ -2,9 +2,10 @@
 
 A long-running process (for now `netplane cni serve`, later the node agent)
 keeps warm netlink sockets and runs `plugin.dispatch` for each forwarded call,
-so a pod's ADD costs a connect and the work, not a Python start-up and a
-pyroute2 import. One thread per call; each thread has its own netlink socket
-(pyroute2 sockets are not shared between threads). Calls from another network
+so a pod's ADD costs a connect and the work, not a Python start-up and the
+plugin's imports. One thread per call; each thread has its own netlink socket
+(a socket is never shared between threads), and DEL answers once the pod's
+veth is unlisted (plugin.Runtime.delete_pod_link). Calls from another network
 namespace, or whose CNI_NETNS path names another file here than for the
 caller, are declined (their "host" links or pod namespace are not what we
 would act on), and the caller then does the work itself.

@@ -224,8 +224,15 @@ class DiskStore:
 
 
 def _write_file(path: str, text: str) -> None:
-    # Written in place, as host-local does: it is only read under the lock, and an
-    # unreadable value just restarts round-robin at the range start (a rename
-    # costs several ms per ADD on this machine's disks).
-    with open(path, "w", encoding="ascii") as f:
-        f.write(text)
+    # Rewritten in place, as host-local does: it is only read under the lock, and an
+    # unreadable value just restarts round-robin at the range start. Not with O_TRUNC:
+    # ext4 flushes a file truncated to zero and rewritten when it is closed
+    # (auto_da_alloc), ~0.5-4 ms per ADD here; writing over the old bytes and then
+    # cutting the file to length leaves the same content without the flush.
+    data = text.encode("ascii")
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        os.pwrite(fd, data, 0)
+        os.ftruncate(fd, len(data))
+    finally:
+        os.close(fd)

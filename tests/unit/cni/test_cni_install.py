@@ -7,10 +7,12 @@ import os
 import subprocess
 from pathlib import Path
 
+import pytest
 from click.testing import CliRunner
 
 from netplane.cli.cni_cmd import cni
-from netplane.cni import config
+from netplane.cni import config, install, launcher
+from netplane.cni.version import version_reply
 
 
 def test_install_writes_executables_and_a_conflist(tmp_path: Path) -> None:
@@ -23,7 +25,13 @@ def test_install_writes_executables_and_a_conflist(tmp_path: Path) -> None:
                                           f"wrote {conf_dir}/10-netplane.conflist"]
     for name in ("netplane", "netplane-ipam"):
         path = bin_dir / name
-        assert os.access(path, os.X_OK) and path.read_text().startswith("#!") and " -IS\n" in path.read_text()
+        head = path.read_bytes()[:4]
+        # The compiled launcher where a C compiler is at hand, else the -IS script.
+        assert os.access(path, os.X_OK)
+        if launcher.compiler() is not None:
+            assert head == b"\x7fELF"
+        else:
+            assert head.startswith(b"#!") and b" -IS\n" in path.read_bytes()
     conflist = json.loads((conf_dir / "10-netplane.conflist").read_text())
     first, second = conflist["plugins"]
     assert second["type"] == "portmap"
@@ -31,8 +39,22 @@ def test_install_writes_executables_and_a_conflist(tmp_path: Path) -> None:
     assert (parsed.bridge, parsed.mtu, parsed.ip_masq, parsed.is_default_gateway) == ("cni9", 1450, True, True)
 
 
-def test_installed_executable_answers_version_with_a_lean_import_path(tmp_path: Path) -> None:
-    CliRunner().invoke(cni, ["install", "--bin-dir", str(tmp_path)], catch_exceptions=False)
+@pytest.mark.parametrize("kind", ["compiled", "script"])
+def test_installed_executable_answers_version(tmp_path: Path, kind: str) -> None:
+    if kind == "compiled" and launcher.compiler() is None:
+        pytest.skip("no C compiler")
+    install.install_executables(str(tmp_path), compiled=kind == "compiled")
+    for name in install.EXECUTABLES:
+        proc = subprocess.run([str(tmp_path / name)], input=b'{"cniVersion": "1.0.0"}', capture_output=True,
+                              env={"CNI_COMMAND": "VERSION"}, timeout=30)
+        assert (proc.returncode, proc.stderr) == (0, b"")
+        assert proc.stdout == version_reply()
+
+
+def test_script_executable_has_a_lean_import_path(tmp_path: Path) -> None:
+    result = CliRunner().invoke(cni, ["install", "--bin-dir", str(tmp_path)], catch_exceptions=False,
+                                env={"NETPLANE_CNI_EXECUTABLE": "script"})
+    assert result.exit_code == 0
     plugin = tmp_path / "netplane"
     proc = subprocess.run([str(plugin)], input=b'{"cniVersion": "1.0.0"}', capture_output=True,
                           env={"CNI_COMMAND": "VERSION"}, timeout=30)
