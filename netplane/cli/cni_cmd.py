@@ -32,11 +32,10 @@ def install(bin_dir: str, conf_dir: str, subnets: tuple[str, ...], name: str, br
     from netplane.cni import install as inst
     from netplane.cni.config import parse
     from netplane.cni.errors import CNIError
-    from netplane.cni.version import CURRENT
 
     conf = None
     if subnets:
-        conf = inst.conflist(name, list(subnets), bridge=bridge, cni_version=cni_version or CURRENT,
+        conf = inst.conflist(name, list(subnets), bridge=bridge, cni_version=cni_version or inst.CHAIN_VERSION,
                              ip_masq=ip_masq, mtu=mtu, data_dir=data_dir, agent_socket=agent_socket,
                              portmap=portmap)
         first = dict(conf["plugins"][0], name=name, cniVersion=conf["cniVersion"])

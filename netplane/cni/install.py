@@ -18,7 +18,6 @@ import tempfile
 from typing import Any
 
 from .config import BUILTIN_IPAM, DEFAULT_BRIDGE, DEFAULT_DATA_DIR
-from .version import CURRENT
 
 PLUGIN_TYPE = "netplane"
 EXECUTABLES = {PLUGIN_TYPE: "bridge", BUILTIN_IPAM: "ipam"}
@@ -110,7 +109,13 @@ def _install_launcher(path: str, plugin: str, python: str, paths: list[str], req
             os.unlink(tmp)
 
 
-def conflist(name: str, subnets: list[str], *, bridge: str = DEFAULT_BRIDGE, cni_version: str = CURRENT,
+# The version a written conflist declares: 1.0.0, not the newest we speak, because the reference
+# plugins chained after us (Debian 12's portmap, plugins 1.1.1) refuse 1.1.0 with
+# "incompatible CNI versions".
+CHAIN_VERSION = "1.0.0"
+
+
+def conflist(name: str, subnets: list[str], *, bridge: str = DEFAULT_BRIDGE, cni_version: str = CHAIN_VERSION,
              ip_masq: bool = True, is_default_gateway: bool = True, mtu: int | None = None,
              data_dir: str = DEFAULT_DATA_DIR, agent_socket: str | None = None, portmap: bool = True,
              routes: list[str] | None = None) -> dict[str, Any]:
