@@ -42,7 +42,9 @@ def _bind(text: str) -> str:
 @click.option("--server", "server_url", default=None, help="State server URL.")
 @click.option("--kubeconfig", default=None, type=click.Path(dir_okay=False), help="Kubeconfig file.")
 @click.option("--node-name", required=True, help="This node's name (selects local endpoints).")
-@click.option("--mode", type=click.Choice(["iptables", "nftables"]), default="iptables", show_default=True)
+@click.option("--mode", type=click.Choice(["iptables", "nftables", "ipvs"]), default="iptables", show_default=True)
+@click.option("--ipvs-scheduler", type=click.Choice(["rr", "wrr", "lc", "wlc", "sh", "dh", "sed", "nq"]),
+              default="rr", show_default=True, help="IPVS scheduler of every virtual server (--mode ipvs).")
 @click.option("--cluster-cidr", default="10.244.0.0/16", show_default=True,
               help="Pod CIDR: traffic from elsewhere to a ClusterIP is masqueraded.")
 @click.option("--masquerade-all", is_flag=True, help="Masquerade all service traffic.")
@@ -59,8 +61,8 @@ def _bind(text: str) -> str:
 def proxy(ctx: click.Context, server_url: str | None, kubeconfig: str | None, node_name: str, mode: str,
           cluster_cidr: str, masquerade_all: bool, nodeport_addresses: str, min_sync_period: str,
           sync_period: str, healthz_bind_address: str, metrics_bind_address: str, iptables_backend: str,
-          netns: str | None) -> None:
-    """Program Services and EndpointSlices into iptables or nftables on this node."""
+          netns: str | None, ipvs_scheduler: str) -> None:
+    """Program Services and EndpointSlices into iptables, nftables or IPVS on this node."""
     from netplane.cli.logs import setup_logging
     from netplane.proxy.daemon import DaemonOptions, run_forever
 
@@ -80,7 +82,7 @@ def proxy(ctx: click.Context, server_url: str | None, kubeconfig: str | None, no
         cluster=cluster, node_name=node_name, mode=mode, cluster_cidr=cluster_cidr, masquerade_all=masquerade_all,
         nodeport_addresses=_cidrs(nodeport_addresses), min_sync_period=min_period, sync_period=period,
         healthz_bind_address=_bind(healthz_bind_address), metrics_bind_address=_bind(metrics_bind_address),
-        netns=netns, iptables_backend=iptables_backend,
+        netns=netns, iptables_backend=iptables_backend, ipvs_scheduler=ipvs_scheduler,
     )
     setup_logging()
     run_forever(opts)

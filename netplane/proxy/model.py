@@ -63,7 +63,9 @@ class ServicePortName:
 
 def _hash16(text: str) -> str:
     digest = hashlib.sha256(text.encode()).digest()
-    return base64.b32encode(digest).decode()[:16]
+    # Base32 turns each 5 bytes into 8 characters: the first 16 come from the first 10 bytes
+    # alone, and encoding only those is 3x cheaper (it adds up over 100k endpoints).
+    return base64.b32encode(digest[:10]).decode()
 
 
 @dataclass(frozen=True, slots=True)

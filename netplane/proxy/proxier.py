@@ -203,7 +203,7 @@ class Proxier:
     # -- the sync function ---------------------------------------------------
     def _programmed(self, services: set[NamespacedName]) -> Programmed:
         st = self.state
-        return {spn: (svc, st.selection(spn).all_used) for spn, svc in st.services.items() if spn.service in services}
+        return {spn: (st.services[spn], st.selection(spn).all_used) for spn in st.port_names(services)}
 
     def sync(self) -> bool:
         """Apply pending changes to the kernel; False if the apply failed (retry as a full sync)."""

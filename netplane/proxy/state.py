@@ -46,11 +46,17 @@ class ProxyConfig:
 @dataclass(slots=True)
 class ProxyState:
     config: ProxyConfig
-    services: ServicePortMap = field(default_factory=dict)
+    services: ServicePortMap = field(default_factory=ServicePortMap)
     endpoints: EndpointsMap = field(default_factory=dict)
 
     def selection(self, spn: ServicePortName) -> Selection:
         return select_endpoints(self.services[spn], self.endpoints.get(spn, ()), self.config.node_name)
 
     def ports_of(self, services: set[NamespacedName]) -> list[ServicePort]:
-        return [svc for spn, svc in self.services.items() if spn.service in services]
+        return [self.services[spn] for spn in self.port_names(services)]
+
+    def port_names(self, services: set[NamespacedName]) -> list[ServicePortName]:
+        """The port names of these services, sorted; without a scan when `services` is indexed."""
+        if isinstance(self.services, ServicePortMap):
+            return self.services.ports_of(services)
+        return sorted(spn for spn in self.services if spn.service in services)

@@ -102,8 +102,8 @@ Match = Callable[[_Pkt, Context], float]
 class _Rule:
     matches: list[Match] = field(default_factory=list)
     action: tuple[str, ...] = ()  # ("jump", chain) ("goto", chain) ("return",) ("accept",) ("drop",) ("reject",)
-    # ("dnat", "ip:port") ("mark-or", m) ("mark-xor", m) ("masquerade",) ("vmap", keyspec, map) ("numgen", n, map)
-    # ("continue",)
+    # ("dnat", "ip:port") ("dnat-map", n, map, key prefix) ("mark-or", m) ("mark-xor", m) ("masquerade",)
+    # ("vmap", keyspec, map) ("continue",)
     text: str = ""
 
 
@@ -122,6 +122,7 @@ class _Program:
         self.maps: dict[str, dict[tuple[str, ...], tuple[str, ...]]] = {}
         self.sets: dict[str, set[str]] = {}
         self.remembered_by: Callable[[str], str | None] = lambda name: None
+        self.missing_sets: set[tuple[str, str]] = set()  # (chain, set) of lookups in undefined sets
 
     def walk_chain(self, chain: str, pkt: _Pkt, ctx: Context, depth: int = 0) -> list[_Branch]:
         if depth > 64:
@@ -185,6 +186,17 @@ class _Program:
         if kind == "dnat":
             ip, _, port = a[1].rpartition(":")
             return [_Branch(pkt.copy(dst=ip, dport=int(port), endpoint=a[1]), "accept")]
+        if kind == "dnat-map":
+            # numgen random mod n: each of 0..n-1 with probability 1/n, looked up in a data map,
+            # alone or after the packet's destination address and port.
+            n = int(a[1])
+            prefix = (pkt.dst, str(pkt.dport)) if a[3] == "daddr.dport" else ()
+            out: list[_Branch] = []
+            for k in range(n):
+                ip, port = self._endpoint_element(a[2], (*prefix, str(k)))
+                out.append(_Branch(pkt.copy(dst=ip, dport=int(port), endpoint=f"{ip}:{port}",
+                                            prob=pkt.prob / n), "accept"))
+            return out
         if kind == "mark-or":
             return self._walk_rules(rules, i + 1, pkt.copy(mark=pkt.mark | int(a[1], 0)), ctx, depth)
         if kind == "mark-xor":
@@ -197,16 +209,13 @@ class _Program:
             if verdict is None:
                 return self._walk_rules(rules, i + 1, pkt, ctx, depth)
             return self._verdict(verdict, rules, i, pkt, ctx, depth)
-        if kind == "numgen":
-            n = int(a[1])
-            out: list[_Branch] = []
-            for k in range(n):
-                verdict = self.maps.get(a[2], {}).get((str(k),))
-                if verdict is None:
-                    raise TraceError(f"numgen map {a[2]} has no element {k}")
-                out.extend(self._verdict(verdict, rules, i, pkt.copy(prob=pkt.prob / n), ctx, depth))
-            return out
         raise TraceError(f"unknown action {a}")
+
+    def _endpoint_element(self, name: str, key: tuple[str, ...]) -> tuple[str, str]:
+        value = self.maps.get(name, {}).get(key)
+        if value is None or len(value) != 3 or value[1] != ".":
+            raise TraceError(f"endpoint map {name} has no element {' . '.join(key)} (or not `ip . port`): {value}")
+        return value[0], value[2]
 
     def trace(self, packet: Packet, ctx: Context) -> TraceResult:
         pkt = _Pkt(packet.src, packet.dst, packet.dport, packet.protocol.lower())
@@ -264,7 +273,16 @@ class _Program:
                 targets: list[str] = []
                 if r.action and r.action[0] in ("jump", "goto"):
                     targets.append(r.action[1])
-                if r.action and r.action[0] in ("vmap", "numgen"):
+                if r.action and r.action[0] == "dnat-map":
+                    if r.action[2] not in self.maps:
+                        out.append(f"{name}: map {r.action[2]} is not defined")
+                    # A map keyed by the index alone must hold every index the rule can draw.
+                    for k in range(int(r.action[1]) if r.action[3] == "" else 0):
+                        try:
+                            self._endpoint_element(r.action[2], (str(k),))
+                        except TraceError as e:
+                            out.append(f"{name}: {e}")
+                if r.action and r.action[0] == "vmap":
                     m = r.action[2]
                     if m not in self.maps:
                         out.append(f"{name}: map {m} is not defined")
@@ -273,6 +291,7 @@ class _Program:
                 for t in targets:
                     if t not in self.chains:
                         out.append(f"{name}: {t}")
+        out.extend(f"{chain}: set {s} is not defined" for chain, s in self.missing_sets)
         return sorted(set(out))
 
 
@@ -397,6 +416,10 @@ def _remembered_match(ep: str | None) -> Match:
 
 def _member_match(members: set[str], attr: str) -> Match:
     def m(p: _Pkt, c: Context) -> float:
+        if attr == "src.dst":
+            return 1.0 if f"{p.src} . {p.dst}" in members else 0.0
+        if attr == "dst.proto.dport":
+            return 1.0 if f"{p.dst} . {p.proto} . {p.dport}" in members else 0.0
         return 1.0 if getattr(p, attr) in members else 0.0
     return m
 
@@ -670,11 +693,11 @@ class NftModel:
         prog.hooks = {h: [c for _, c in sorted(v)] for h, v in hooks.items()}
 
         def remembered_by(set_name: str) -> str | None:
+            # The endpoint whose DNAT rule also writes the client into the set.
             for rules in prog.chains.values():
-                if any(r.text.startswith(f"update @{set_name} ") for r in rules):
-                    for r in rules:
-                        if r.action[0] == "dnat":
-                            return r.action[1]
+                for r in rules:
+                    if f" update @{set_name} " in f" {r.text} " and r.action[0] == "dnat":
+                        return r.action[1]
             return None
 
         prog.remembered_by = remembered_by
@@ -694,12 +717,14 @@ def _refers(rule: str, chain: str) -> bool:
 
 
 def _bind_sets(prog: _Program) -> None:
-    for rules in prog.chains.values():
+    for chain, rules in prog.chains.items():
         for r in rules:
             for i, m in enumerate(r.matches):
                 set_name = getattr(m, "set_name", None)
                 if set_name is None:
                     continue
+                if set_name not in prog.sets:
+                    prog.missing_sets.add((chain, set_name))
                 if set_name.startswith("aff-"):
                     ep = prog.remembered_by(set_name)
                     r.matches[i] = _remembered_match(ep)
@@ -711,7 +736,7 @@ def _bind_sets(prog: _Program) -> None:
 
 def _set_match(attr: str, name: str) -> Match:
     def m(p: _Pkt, c: Context) -> float:
-        return 0.0  # bound in _bind_sets
+        raise TraceError(f"set match @{name} was not bound")  # replaced in _bind_sets
     m.set_name = name  # type: ignore[attr-defined]
     m.attr = attr  # type: ignore[attr-defined]
     return m
@@ -729,9 +754,19 @@ def _parse_nft_rule(text: str) -> _Rule:
         elif rest[:7] == ["ip", "daddr", ".", "meta", "l4proto", ".", "th"] and rest[7:9] == ["dport", "vmap"]:
             rule.action = ("vmap", "daddr.proto.dport", rest[9].lstrip("@"))
             i += 10
+        elif rest[:8] == ["ip", "daddr", ".", "meta", "l4proto", ".", "th", "dport"] and rest[8:9] \
+                and rest[8].startswith("@"):
+            rule.matches.append(_set_match("dst.proto.dport", rest[8][1:]))
+            i += 9
         elif rest[:5] == ["meta", "l4proto", ".", "th", "dport"] and rest[5] == "vmap":
             rule.action = ("vmap", "proto.dport", rest[6].lstrip("@"))
             i += 7
+        elif rest[:5] == ["ip", "saddr", ".", "ip", "daddr"] and rest[5:6] and rest[5].startswith("@"):
+            rule.matches.append(_set_match("src.dst", rest[5][1:]))
+            i += 6
+        elif rest[:3] == ["ct", "status", "dnat"]:
+            rule.matches.append(_pred(lambda p, c: p.endpoint is not None))
+            i += 3
         elif t == "ip" and toks[i + 1] in ("saddr", "daddr"):
             attr = "src" if toks[i + 1] == "saddr" else "dst"
             j = i + 2
@@ -759,17 +794,26 @@ def _parse_nft_rule(text: str) -> _Rule:
             attr = "src" if rest[1] == "saddr" else "dst"
             rule.matches.append(_local_match(attr, False))
             i += 4
-        elif t == "numgen" and rest[1:3] == ["random", "mod"] and rest[4:5] == ["vmap"]:
-            rule.action = ("numgen", rest[3], rest[5].lstrip("@"))
-            i += 6
-        elif t == "update":
-            end = toks.index("}", i)
-            i = end + 1
-        elif rest[:2] == ["meta", "l4proto"] and rest[3] == "dnat" and rest[4] == "to":
-            proto = rest[2]
-            rule.matches.append(_proto_match(proto))
-            rule.action = ("dnat", rest[5])
-            i += 6
+        elif t == "numgen" and rest[1:3] == ["random", "mod"] and rest[4:5] == ["0"]:
+            # A fresh random number in [0, n) per evaluation: equal to 0 with probability 1/n.
+            rule.matches.append(_probability(1.0 / int(rest[3])))
+            i += 5
+        elif t == "update" and rest[2:6] == ["{", "ip", "saddr", "}"]:
+            i += 6  # refreshes an affinity set: modelled by Context.remembered
+        elif rest[:2] == ["meta", "l4proto"] and rest[2] in ("tcp", "udp", "sctp"):
+            rule.matches.append(_proto_match(rest[2]))
+            i += 3
+        elif rest[:6] == ["dnat", "ip", "to", "numgen", "random", "mod"] and rest[7:8] == ["map"]:
+            rule.action = ("dnat-map", rest[6], rest[8].lstrip("@"), "")
+            i += 9
+        elif (rest[:6] == ["dnat", "ip", "to", "ip", "daddr", "."] and rest[7:12] == ["dport", ".", "numgen", "random",
+                                                                                     "mod"] and rest[13:14] == ["map"]):
+            # `ip daddr . <proto> dport . numgen ...`: the destination picks the service's elements.
+            rule.action = ("dnat-map", rest[12], rest[14].lstrip("@"), "daddr.dport")
+            i += 15
+        elif rest[:2] == ["dnat", "to"]:
+            rule.action = ("dnat", rest[2])
+            i += 3
         elif rest[:3] == ["meta", "mark", "&"] and rest[4] == "==":
             mask, value = int(rest[3], 0), int(rest[5], 0)
             rule.matches.append(_mark_match(mask, value, False))

@@ -14,7 +14,7 @@ import pytest
 
 from netplane.kernel.conntrack import Conntrack
 from netplane.kernel.iptables import Iptables
-from netplane.kernel.nftables import Nft
+from netplane.kernel.nftables import LibNft, Nft
 from netplane.proxy.fixtures import endpoint_slice, service
 from netplane.proxy.proxier import Backend, IptablesBackend, NftablesBackend, Proxier
 from netplane.proxy.state import ProxyConfig
@@ -73,8 +73,13 @@ def slices() -> list[dict[str, Any]]:
 
 def make_proxier(topo: Topology, mode: str, **config: Any) -> Proxier:
     cfg = ProxyConfig(node_name="n1", cluster_cidr=CLUSTER_CIDR, node_ips=(NODE1_IP,), **config)
-    backend: Backend = (IptablesBackend(Iptables(netns=topo.node1)) if mode == "iptables"
-                        else NftablesBackend(Nft(netns=topo.node1)))
+    backend: Backend
+    if mode == "iptables":
+        backend = IptablesBackend(Iptables(netns=topo.node1))
+    elif mode == "nftables":
+        backend = NftablesBackend(LibNft(netns=topo.node1))  # libnftables in this process
+    else:
+        backend = NftablesBackend(Nft(netns=topo.node1))  # the `nft` binary: the fallback
     proxier = Proxier(cfg, backend, conntrack=Conntrack(netns=topo.node1), check_rules_period=0.0)
     for s in services():
         proxier.on_service(None, s)
@@ -83,7 +88,7 @@ def make_proxier(topo: Topology, mode: str, **config: Any) -> Proxier:
     return proxier
 
 
-@pytest.fixture(params=["iptables", "nftables"])
+@pytest.fixture(params=["iptables", "nftables", "nftables-cli"])
 def mode(request: pytest.FixtureRequest) -> str:
     return str(request.param)
 

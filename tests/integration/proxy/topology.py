@@ -106,8 +106,11 @@ class Topology:
             if role in batch:
                 sh("ip", "-n", self.ns(role), "-b", "-", input="\n".join(batch[role]) + "\n")
         for node in ("n1", "n2"):
+            # icmp_ratelimit 0: the tests make the node reject (ICMP port unreachable) many times
+            # in a few seconds, and the default limit (a burst of 6, then 1 a second per client)
+            # would turn a later reject into a client timeout.
             for key, value in (("net.ipv4.ip_forward", "1"), ("net.bridge.bridge-nf-call-iptables", "1"),
-                               ("net.ipv4.conf.all.rp_filter", "0")):
+                               ("net.ipv4.conf.all.rp_filter", "0"), ("net.ipv4.icmp_ratelimit", "0")):
                 sh("ip", "netns", "exec", self.ns(node), "sysctl", "-q", "-w", f"{key}={value}")
 
     def start_servers(self) -> None:

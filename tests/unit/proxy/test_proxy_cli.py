@@ -21,7 +21,7 @@ def test_bad_duration() -> None:
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--mode", "ipvs"], "Invalid value for '--mode'"),
+    (["--mode", "userspace"], "Invalid value for '--mode'"),
     (["--cluster-cidr", "nope"], "is not a CIDR"),
     (["--min-sync-period", "10s", "--sync-period", "1s"], "--sync-period"),
     (["--nodeport-addresses", "10.0.0.0/8,bad"], "'bad' is not a CIDR"),

@@ -101,11 +101,14 @@ def test_partial_syncs_converge_to_the_full_ruleset(batches: list[list[tuple]]) 
         nft_model.apply(p2.text)
         ipt.commit(p1)
         nft.commit(p2)
-        fresh_ipt = tracer.load_iptables([IptablesRenderer().plan(state).text], JUMPS)
-        fresh_nft = tracer.load_nft([NftablesRenderer().plan(state).text])
+        fresh_ipt_plan, fresh_nft_plan = IptablesRenderer().plan(state), NftablesRenderer().plan(state)
+        fresh_ipt = tracer.load_iptables([fresh_ipt_plan.text], JUMPS)
+        fresh_nft = tracer.load_nft([fresh_nft_plan.text])
         assert _snapshot_ipt(ipt_model) == _snapshot_ipt(fresh_ipt)
         assert _snapshot_nft(nft_model) == _snapshot_nft(fresh_nft)
         assert ipt_model.undefined_targets() == [] and nft_model.undefined_targets() == []
+        # Counts kept by difference in partial plans match a recount.
+        assert p1.rule_counts == fresh_ipt_plan.rule_counts and p2.rule_counts == fresh_nft_plan.rule_counts
 
 
 def test_full_sync_after_restart_removes_stale_chains_without_flushing_first() -> None:
@@ -166,3 +169,31 @@ def test_partial_sync_touches_only_the_changed_service() -> None:
     changed = eps.apply(state.endpoints).updated
     assert changed
     assert ipt.plan(state, changed).text == "" and nft.plan(state, changed).text == ""
+
+
+def test_hairpin_pairs_are_counted_across_services() -> None:
+    # One pod behind two services: removing it from one keeps its hairpin pair for the other.
+    state = ProxyState(CONFIG)
+    svcs, eps = ServiceChangeTracker(), EndpointsChangeTracker()
+    for name, ip in (("a", "10.96.1.1"), ("b", "10.96.1.2")):
+        svcs.update(None, service(name, ip))
+        eps.update(None, endpoint_slice(name, [("10.244.1.5", NODE)]))
+    svcs.apply(state.services)
+    eps.apply(state.endpoints)
+    renderer = NftablesRenderer()
+    plan = renderer.plan(state)
+    renderer.commit(plan)
+    model = tracer.load_nft([plan.text])
+    assert model.sets["hairpin-endpoints"] == {"10.244.1.5 . 10.244.1.5"}
+    eps.update(None, endpoint_slice("a", [("10.244.1.6", NODE)]))
+    plan = renderer.plan(state, eps.apply(state.endpoints).updated)
+    renderer.commit(plan)
+    model.apply(plan.text)
+    assert "delete element ip netplane hairpin-endpoints" not in plan.text
+    assert model.sets["hairpin-endpoints"] == {"10.244.1.5 . 10.244.1.5", "10.244.1.6 . 10.244.1.6"}
+    eps.update(None, endpoint_slice("b", []))
+    plan = renderer.plan(state, eps.apply(state.endpoints).updated)
+    renderer.commit(plan)
+    model.apply(plan.text)
+    assert model.sets["hairpin-endpoints"] == {"10.244.1.6 . 10.244.1.6"}
+    assert plan.rule_counts == NftablesRenderer().plan(state).rule_counts

@@ -312,3 +312,13 @@ def test_metrics_text_format() -> None:
     assert 'kubeproxy_sync_proxy_rules_duration_seconds_bucket{le="0.002"} 0' in text
     assert 'kubeproxy_sync_proxy_rules_duration_seconds_bucket{le="0.004"} 1' in text
     assert 'kubeproxy_sync_proxy_rules_duration_seconds_bucket{le="+Inf"} 1' in text
+
+
+def test_nft_kernel_falls_back_to_the_binary_without_the_binding(monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+
+    from netplane.kernel.nftables import Nft, nft_kernel
+
+    monkeypatch.setitem(sys.modules, "nftables", None)  # `import nftables` now raises ImportError
+    kernel = nft_kernel("np-px-unit-nonexistent")
+    assert isinstance(kernel, Nft) and kernel.netns == "np-px-unit-nonexistent"
