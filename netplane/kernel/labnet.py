@@ -46,6 +46,17 @@ def netns_pids(name: str) -> list[int]:
     return [int(p) for p in proc.stdout.split() if p.isdigit()]
 
 
+def running(pid: int) -> bool:
+    """Alive and not a zombie. An exited process waiting for its parent to reap it is done; an
+    orphan's reaper (PID 1) can take seconds to get to it (~2 s on some container inits)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            data = f.read()
+    except OSError:
+        return False
+    return data[data.rfind(b")") + 2:][:1] != b"Z"
+
+
 def kill_netns_processes(name: str, grace: float = 3.0) -> None:
     """End every process inside a namespace the lab made (SIGTERM, then SIGKILL)."""
     pids = netns_pids(name)
@@ -56,7 +67,7 @@ def kill_netns_processes(name: str, grace: float = 3.0) -> None:
             pass
     deadline = time.monotonic() + grace
     while pids and time.monotonic() < deadline:
-        pids = [p for p in pids if Path(f"/proc/{p}").exists()]
+        pids = [p for p in pids if running(p)]
         time.sleep(0.05)
     for pid in netns_pids(name):
         try:

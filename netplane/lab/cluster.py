@@ -21,7 +21,7 @@ from netplane.lab.processes import ProcessTable, tail
 from netplane.lab.topology import CLUSTER_CIDR, SERVICE_CIDR, LabPlan, plan, setup_batches, sysctls
 
 STATE_ROOT = Path("/run/netplane-lab")
-REFERENCE_PLUGINS = ("portmap", "bandwidth", "loopback")
+REFERENCE_PLUGINS = ("portmap", "bandwidth", "loopback", "bridge", "host-local")
 NOT_READY_TAINTS = ("node.kubernetes.io/not-ready", "node.kubernetes.io/unreachable")
 T = TypeVar("T")
 NODES = res.must("", "v1", "nodes")

@@ -63,8 +63,8 @@ def test_outside_to_service_through_node_port(cluster: LabCluster) -> None:
     cluster.wait_ready("app=np", 2)
     ext = cluster.lab.plan.external.netns
     for node in cluster.lab.plan.nodes:
-        ans = wait_for(f"NodePort on {node.name}",
-                       lambda node=node: cluster.fetch(ext, f"http://{node.address}:30111/"), 20)
+        url = f"http://{node.address}:30111/"
+        ans = wait_for(f"NodePort on {node.name}", lambda: cluster.fetch(ext, url), 20)  # noqa: B023
         assert ans["pod"].startswith("np-")
 
 
