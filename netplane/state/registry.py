@@ -407,7 +407,16 @@ class Registry:
         if want_rv not in (None, "") and str(want_rv) != str(rec.mod_revision):
             raise conflict(info.plural, name, info.group)
         new = self._merge_for_update(info, old, obj, subresource)
-        return await self._write_update(info, key, old, new, rec.mod_revision, dry_run, rec.value)
+        try:
+            return await self._write_update(info, key, old, new, rec.mod_revision, dry_run, rec.value)
+        except APIError as e:
+            if e.code != 409 or e.reason != "Conflict" or want_rv not in (None, ""):
+                raise
+        # An unconditional update raced with a write not yet visible to reads: once that write is,
+        # apply this one over it (kube retries such updates instead of answering 409).
+        await self.storage.settle(key)
+        return await self.update(info, namespace, name, body if not owned else obj, subresource, dry_run,
+                                 field_validation, owned)
 
     def _merge_for_update(self, info: ResourceInfo, old: Obj, obj: Obj, subresource: str | None) -> Obj:
         om = old["metadata"]
@@ -571,6 +580,7 @@ class Registry:
                                          owned=True)
             except APIError as e:
                 if e.code == 409 and e.reason == "Conflict" and not precondition:
+                    await self.storage.settle(object_key(info, namespace, name))
                     continue
                 raise
         raise conflict(info.plural, name, info.group, "too many concurrent updates; try again")

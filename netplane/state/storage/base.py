@@ -84,6 +84,11 @@ class Storage(Protocol):
         """Remove a key; returns the deletion's revision and the record removed."""
         ...
 
+    async def settle(self, key: str) -> None:
+        """Return once writes to key that are accepted but not yet visible to reads are visible
+        (a no-op for backends whose reads see every acknowledged write at once)."""
+        ...
+
     async def events_since(self, revision: int, prefix: str = "") -> builtins.list[Event]:
         """Changes with revision > the given one, oldest first. Compacted when too old."""
         ...

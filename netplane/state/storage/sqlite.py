@@ -188,6 +188,14 @@ class SQLiteStorage:
             self._flusher = asyncio.get_running_loop().create_task(self._flush(), name="sqlite-flush")
         return await asyncio.shield(op.done)
 
+    async def settle(self, key: str) -> None:
+        """Wait until writes staged for key have committed, so a read sees what a conditional write
+        will be checked against (a read-modify-write retried before that would only conflict again)."""
+        op = self._staged.get(key)
+        if op is not None:
+            with contextlib.suppress(StorageError):
+                await asyncio.shield(op.done)
+
     async def create(self, key: str, value: bytes) -> int:
         if self._current(key) is not None:
             raise KeyExists(key)
