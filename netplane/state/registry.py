@@ -596,6 +596,25 @@ class Registry:
         dry_run: bool = False,
     ) -> Obj:
         options = options or {}
+        for _attempt in range(8):
+            try:
+                return await self._delete_once(info, namespace, name, options, dry_run)
+            except APIError as e:
+                # Without preconditions a delete must not fail because another write to the object
+                # was still being committed: wait for it, then delete what is there.
+                if e.code != 409 or e.reason != "Conflict" or options.get("preconditions"):
+                    raise
+                await self.storage.settle(object_key(info, namespace, name))
+        raise conflict(info.plural, name, info.group, "too many concurrent updates; try again")
+
+    async def _delete_once(
+        self,
+        info: ResourceInfo,
+        namespace: str | None,
+        name: str,
+        options: dict[str, Any],
+        dry_run: bool,
+    ) -> Obj:
         key = object_key(info, namespace, name)
         rec = await self.storage.get(key)
         if rec is None:
