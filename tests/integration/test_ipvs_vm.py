@@ -25,7 +25,8 @@ from tests.vm import test_ipvs_in_vm as inner
 
 pytestmark = [
     pytest.mark.root,
-    pytest.mark.skipif(os.geteuid() != 0, reason="needs root (qemu's 9p export of /, network namespaces)"),
+    pytest.mark.prerequisite_missing(os.geteuid() != 0,
+                                     reason="needs root (qemu's 9p export of /, network namespaces)"),
 ]
 
 INNER_TESTS = [name for name, obj in vars(inner).items() if name.startswith("test_") and callable(obj)]

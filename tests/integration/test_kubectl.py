@@ -31,7 +31,7 @@ BIN = Path(sys.executable).parent
 KUBECTL = BIN / "kubectl"
 NETPLANE = BIN / "netplane"
 
-pytestmark = pytest.mark.skipif(not KUBECTL.exists() or not NETPLANE.exists(),
+pytestmark = pytest.mark.prerequisite_missing(not KUBECTL.exists() or not NETPLANE.exists(),
                                 reason="kubectl or netplane is not installed in the venv")
 
 START_TIMEOUT = 30.0

@@ -461,7 +461,8 @@ def test_cordon_uncordon_and_drain(fast_server: ServerProcess, api: API, kubelet
     assert code == 404
 
 
-@pytest.mark.skipif(shutil.which("kubectl", path=str(REPO / ".venv" / "bin")) is None, reason="no kubectl")
+@pytest.mark.prerequisite_missing(shutil.which("kubectl", path=str(REPO / ".venv" / "bin")) is None,
+                                  reason="no kubectl")
 def test_kubectl_rollout_status_and_get(fast_server: ServerProcess, api: API, kubelets: FakeKubelets,
                                         tmp_path: Path) -> None:
     from tests.support.server import write_kubeconfig

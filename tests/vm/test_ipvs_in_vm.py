@@ -40,8 +40,9 @@ from tests.integration.proxy.topology import CLUSTER_CIDR, NODE1_IP, Topology, s
 HAS_IPVS = Path("/proc/net/ip_vs").exists()
 pytestmark = [
     pytest.mark.root,
-    pytest.mark.skipif(os.geteuid() != 0, reason="needs root for network namespaces"),
-    pytest.mark.skipif(not HAS_IPVS, reason="this kernel has no IPVS: run through tests/integration/test_ipvs_vm.py"),
+    pytest.mark.prerequisite_missing(os.geteuid() != 0, reason="needs root for network namespaces"),
+    pytest.mark.prerequisite_missing(not HAS_IPVS,
+                                     reason="this kernel has no IPVS: run through tests/integration/test_ipvs_vm.py"),
 ]
 
 A, B, C = shared.A, shared.B, shared.C

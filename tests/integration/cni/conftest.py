@@ -16,7 +16,7 @@ pytestmark = pytest.mark.root
 def bin_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     reason = can_run()
     if reason:
-        pytest.skip(reason)
+        pytest.fail(reason)
     path = tmp_path_factory.mktemp("cni-bin")
     install(path)  # exactly what an operator runs: `netplane cni install --bin-dir ...`
     return path

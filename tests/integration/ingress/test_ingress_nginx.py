@@ -46,7 +46,7 @@ from tests.unit.ingress.cases import (
     path_table_requests,
 )
 
-pytestmark = pytest.mark.skipif(shutil.which("nginx") is None and not Path("/usr/sbin/nginx").exists(),
+pytestmark = pytest.mark.prerequisite_missing(shutil.which("nginx") is None and not Path("/usr/sbin/nginx").exists(),
                                 reason="nginx is not installed (./run setup installs nginx-light)")
 
 CERT_NAMES = ["secure.test", "*.wild.test", "noredirect.test", "tlsbackend.test"]

@@ -40,7 +40,7 @@ from tests.integration.ingress.support import (
 )
 from tests.support.server import start_server
 
-pytestmark = pytest.mark.skipif(shutil.which("nginx") is None and not Path("/usr/sbin/nginx").exists(),
+pytestmark = pytest.mark.prerequisite_missing(shutil.which("nginx") is None and not Path("/usr/sbin/nginx").exists(),
                                 reason="nginx is not installed (./run setup installs nginx-light)")
 
 CHANGES = 50

@@ -18,7 +18,7 @@ from tests.integration.cni.cni_harness import REFERENCE_DIR, Netns, Plugin, can_
 REPO = Path(__file__).resolve().parents[3]
 CONFLIST = REPO / "cni" / "30-netplane-chained.conflist"
 
-pytestmark = [pytest.mark.root, pytest.mark.skipif(bool(can_run()), reason=can_run() or "ok")]
+pytestmark = [pytest.mark.root, pytest.mark.prerequisite_missing(bool(can_run()), reason=can_run() or "ok")]
 
 
 @pytest.fixture

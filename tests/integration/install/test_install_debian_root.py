@@ -24,8 +24,9 @@ from tests.integration.install.debian_root import REPO, chroot_run, snapshot
 
 pytestmark = [
     pytest.mark.root,
-    pytest.mark.skipif(os.geteuid() != 0, reason="needs root (chroot, unshare)"),
-    pytest.mark.skipif(shutil.which("debootstrap") is None, reason="debootstrap not installed (./run setup)"),
+    pytest.mark.prerequisite_missing(os.geteuid() != 0, reason="needs root (chroot, unshare)"),
+    pytest.mark.prerequisite_missing(shutil.which("debootstrap") is None,
+                                     reason="debootstrap not installed (./run setup)"),
 ]
 
 SRC = "/tmp/netplane-src"

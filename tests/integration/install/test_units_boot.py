@@ -23,9 +23,10 @@ from tests.integration.install.test_install_debian_root import SRC, WHEELS, copy
 
 pytestmark = [
     pytest.mark.root,
-    pytest.mark.skipif(os.geteuid() != 0, reason="needs root (chroot, nspawn)"),
-    pytest.mark.skipif(shutil.which("debootstrap") is None, reason="debootstrap not installed (./run setup)"),
-    pytest.mark.skipif(shutil.which("systemd-nspawn") is None,
+    pytest.mark.prerequisite_missing(os.geteuid() != 0, reason="needs root (chroot, nspawn)"),
+    pytest.mark.prerequisite_missing(shutil.which("debootstrap") is None,
+                                     reason="debootstrap not installed (./run setup)"),
+    pytest.mark.prerequisite_missing(shutil.which("systemd-nspawn") is None,
                        reason="systemd-nspawn not installed (./run setup installs systemd-container)"),
 ]
 

@@ -19,7 +19,7 @@ from netplane.install import plan
 REPO = Path(__file__).resolve().parents[3]
 SYSTEM_UNITS = Path("/usr/lib/systemd/system")
 
-pytestmark = pytest.mark.skipif(shutil.which("systemd-analyze") is None or not SYSTEM_UNITS.is_dir(),
+pytestmark = pytest.mark.prerequisite_missing(shutil.which("systemd-analyze") is None or not SYSTEM_UNITS.is_dir(),
                                 reason="systemd-analyze not installed (./run setup installs systemd)")
 
 

@@ -19,7 +19,8 @@ import pytest
 REPO = Path(__file__).resolve().parents[3]
 VAGRANT_DIR = REPO / "vagrant"
 
-pytestmark = pytest.mark.skipif(shutil.which("vagrant") is None, reason="vagrant not installed (./run setup)")
+pytestmark = pytest.mark.prerequisite_missing(shutil.which("vagrant") is None,
+                                              reason="vagrant not installed (./run setup)")
 
 
 def vagrant(args: list[str], cwd: Path, tmp: Path, **env: str) -> subprocess.CompletedProcess[str]:
@@ -73,7 +74,7 @@ def test_virtualbox_settings_exist_in_vagrants_virtualbox_provider() -> None:
     configs = list(Path("/usr/share/rubygems-integration/all/gems").glob(
         f"vagrant-{version}/plugins/providers/virtualbox/config.rb"))
     if not configs:
-        pytest.skip("this vagrant's VirtualBox provider sources are not where Debian puts them")
+        pytest.fail("this vagrant's VirtualBox provider sources are not where Debian puts them")
     source = configs[0].read_text()
     for name in used:
         assert re.search(rf"def {name}=|attr_accessor :{name}\b", source), name

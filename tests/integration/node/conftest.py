@@ -14,7 +14,7 @@ from tests.integration.node.cluster import Cluster
 @pytest.fixture
 def cluster(tmp_path: Path) -> Iterator[Cluster]:
     if os.geteuid() != 0:
-        pytest.skip("needs root (network namespaces)")
+        pytest.fail("needs root (network namespaces)")
     c = Cluster(tmp_path)
     try:
         c.create()

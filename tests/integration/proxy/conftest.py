@@ -13,7 +13,7 @@ from tests.integration.proxy.topology import Topology
 @pytest.fixture(scope="package")
 def topo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Topology]:
     if os.geteuid() != 0:
-        pytest.skip("needs root for network namespaces")
+        pytest.fail("needs root for network namespaces")
     # iptables-legacy would share /run/xtables.lock with every other test session.
     os.environ["XTABLES_LOCKFILE"] = str(tmp_path_factory.mktemp("xtables") / "xtables.lock")
     t = Topology()

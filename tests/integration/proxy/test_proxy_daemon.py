@@ -21,7 +21,7 @@ from netplane.proxy.fixtures import endpoint_slice, service
 from tests.integration.proxy.topology import Topology, sh, wait_for
 from tests.support.server import ServerProcess, start_server
 
-pytestmark = [pytest.mark.root, pytest.mark.skipif(os.geteuid() != 0, reason="needs root")]
+pytestmark = [pytest.mark.root, pytest.mark.prerequisite_missing(os.geteuid() != 0, reason="needs root")]
 
 A, B = "10.244.1.2", "10.244.1.3"
 

@@ -24,7 +24,7 @@ from netplane.proxy.proxier import Backend, IptablesBackend, NftablesBackend, Pr
 from netplane.proxy.state import ProxyConfig
 from tests.integration.proxy.topology import sh
 
-pytestmark = [pytest.mark.root, pytest.mark.skipif(os.geteuid() != 0, reason="needs root")]
+pytestmark = [pytest.mark.root, pytest.mark.prerequisite_missing(os.geteuid() != 0, reason="needs root")]
 
 CONFIG = ProxyConfig(node_name="n1", cluster_cidr="10.244.0.0/16", node_ips=("192.168.77.1",))
 PORTS = (("", 8080, "TCP"),)

@@ -30,7 +30,7 @@ from tests.integration.proxy.topology import (
 
 pytestmark = [
     pytest.mark.root,
-    pytest.mark.skipif(os.geteuid() != 0, reason="needs root for network namespaces"),
+    pytest.mark.prerequisite_missing(os.geteuid() != 0, reason="needs root for network namespaces"),
 ]
 
 A, B, C = "10.244.1.2", "10.244.1.3", "10.244.2.2"

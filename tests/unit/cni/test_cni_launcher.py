@@ -26,7 +26,7 @@ from netplane.cni import main as cnimain
 from netplane.cni.plugin import dispatch
 from netplane.cni.service import decode_request
 
-pytestmark = pytest.mark.skipif(launcher.compiler() is None, reason="no C compiler")
+pytestmark = pytest.mark.prerequisite_missing(launcher.compiler() is None, reason="no C compiler")
 
 
 class FakeAgent:
