@@ -224,11 +224,7 @@ def render_service(svc: ServicePort, sel: Selection, config: ProxyConfig) -> Ser
     local_chain = svl_chain(spn)
     internal_chain = local_chain if svc.internal_policy_local else cluster_chain
     external_policy_chain = local_chain if svc.external_policy_local else cluster_chain
-    # As kube-proxy: a policy chain exists only when its policy is in use and it has endpoints.
-    uses_cluster = bool(sel.cluster) and (
-        not svc.internal_policy_local or (svc.has_external_addresses and not svc.external_policy_local))
-    uses_local = bool(sel.local) and (
-        svc.internal_policy_local or (svc.has_external_addresses and svc.external_policy_local))
+    uses_cluster, uses_local = sel.policy_chains(svc)
     uses_ext = svc.has_external_addresses
     uses_fw = bool(svc.load_balancer_ips and svc.load_balancer_source_ranges)
     if not sel.has_any:

@@ -231,10 +231,7 @@ def render_service(svc: ServicePort, sel: Selection, config: ProxyConfig) -> Nft
     local_chain = svl_chain(spn)
     internal_chain = local_chain if svc.internal_policy_local else cluster_chain
     external_policy_chain = local_chain if svc.external_policy_local else cluster_chain
-    uses_cluster = bool(sel.cluster) and (
-        not svc.internal_policy_local or (svc.has_external_addresses and not svc.external_policy_local))
-    uses_local = bool(sel.local) and (
-        svc.internal_policy_local or (svc.has_external_addresses and svc.external_policy_local))
+    uses_cluster, uses_local = sel.policy_chains(svc)
     uses_ext = svc.has_external_addresses
     uses_fw = bool(svc.load_balancer_ips and svc.load_balancer_source_ranges)
     internal_eps = sel.internal(svc)

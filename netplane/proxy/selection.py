@@ -33,6 +33,16 @@ class Selection:
     def external(self, svc: ServicePort) -> tuple[Endpoint, ...]:
         return self.local if svc.external_policy_local else self.cluster
 
+    def policy_chains(self, svc: ServicePort) -> tuple[bool, bool]:
+        """(cluster, local): which policy chains the service port needs. As kube-proxy: a policy
+        chain exists only when its policy is in use (internally, or externally when the service has
+        external addresses) and it has endpoints. Shared by every rule-based backend."""
+        ext = svc.has_external_addresses
+        uses_cluster = bool(self.cluster) and (
+            not svc.internal_policy_local or (ext and not svc.external_policy_local))
+        uses_local = bool(self.local) and (svc.internal_policy_local or (ext and svc.external_policy_local))
+        return uses_cluster, uses_local
+
     @property
     def all_used(self) -> tuple[Endpoint, ...]:
         seen = dict.fromkeys(self.cluster)
