@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import builtins
-import json
 from collections.abc import AsyncIterator, Mapping
 from types import TracebackType
 from typing import Any
@@ -22,6 +21,7 @@ from urllib.parse import quote
 
 import aiohttp
 
+from netplane.api import jsonbytes
 from netplane.api.resources import ResourceInfo
 from netplane.client.kubeconfig import ClusterConfig
 
@@ -71,7 +71,7 @@ class WatchProtocolError(Exception):
 def _status_from_body(code: int, body: bytes, http_reason: str | None) -> dict[str, Any]:
     """The Status in an error body, or one made up from the HTTP status when the body is not a Status."""
     try:
-        doc = json.loads(body)
+        doc = jsonbytes.loads(body)
     except ValueError:
         doc = None
     if isinstance(doc, dict) and doc.get("kind") == "Status":
@@ -120,7 +120,7 @@ class WatchDecoder:
         if not line:
             return None
         try:
-            event = json.loads(line)
+            event = jsonbytes.loads(line)
         except ValueError as e:
             raise WatchProtocolError(f"undecodable watch event: {line[:200]!r}") from e
         if not isinstance(event, dict) or not isinstance(event.get("type"), str) \
@@ -256,7 +256,7 @@ class APIClient:
     ) -> dict[str, Any]:
         """One request to an API path; the decoded JSON answer, or APIStatusError / APIConnectionError."""
         session = self._ensure_session()
-        data = None if body is None else json.dumps(body).encode()
+        data = None if body is None else jsonbytes.dumps(body)
         timeout = aiohttp.ClientTimeout(total=self.request_timeout)
         url = self._url(path)
         try:
@@ -272,7 +272,7 @@ class APIClient:
         if not raw:
             return {}
         try:
-            doc = json.loads(raw)
+            doc = jsonbytes.loads(raw)
         except ValueError as e:
             raise APIConnectionError(f"{method} {path}: the answer is not JSON: {raw[:200]!r}") from e
         if not isinstance(doc, dict):

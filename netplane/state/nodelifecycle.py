@@ -29,13 +29,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from netplane.api import jsonbytes
 from netplane.api import resources as res
 from netplane.api.errors import APIError
 from netplane.state.objects import Obj
@@ -88,7 +88,7 @@ def _pod_ready_status(pod: Obj) -> str | None:
 
 def unknown_status(node: Obj, now: float) -> dict[str, Any]:
     """The node's status with the kubelet's conditions set to Unknown (kube's tryUpdateNodeHealth)."""
-    status = json.loads(json.dumps(node.get("status") or {}))
+    status = jsonbytes.clone(node.get("status") or {})
     conds = [c for c in status.get("conditions") or [] if isinstance(c, dict)]
     ts = rfc3339(now)
     seen = {c.get("type") for c in conds}
@@ -272,14 +272,14 @@ class NodeLifecycleController:
         wall = self.wall()
         for name, status in plan.node_status.items():
             log.warning("node stopped heartbeating node=%s grace=%ss", name, self.grace)
-            body = json.loads(json.dumps(by_name[name]))
+            body = jsonbytes.clone(by_name[name])
             body["status"] = status
             try:
                 by_name[name] = await reg.update(NODES, None, name, body, subresource="status")
             except APIError as e:
                 log.warning("cannot mark node unknown node=%s error=%s", name, e.message)
         for name, taints in plan.node_taints.items():
-            body = json.loads(json.dumps(by_name[name]))
+            body = jsonbytes.clone(by_name[name])
             body.setdefault("spec", {})["taints"] = taints or None
             if not taints:
                 del body["spec"]["taints"]
@@ -291,7 +291,7 @@ class NodeLifecycleController:
         for pod in plan.pods_not_ready:
             if pod["metadata"].get("uid") in evicting:
                 continue
-            body = json.loads(json.dumps(pod))
+            body = jsonbytes.clone(pod)
             body["status"] = with_condition(pod.get("status") or {}, "Ready", "False", wall)
             with contextlib.suppress(APIError):
                 await reg.update(PODS, pod["metadata"]["namespace"], pod["metadata"]["name"], body,

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import copy
-import json
 import secrets
 import uuid
 from datetime import UTC, datetime
 from typing import Any
 
+from netplane.api import jsonbytes
 from netplane.api.resources import ResourceInfo
 
 Obj = dict[str, Any]
@@ -51,11 +51,11 @@ def encode(obj: Obj) -> bytes:
     meta = obj.get("metadata", {})
     if "resourceVersion" in meta:
         obj = {**obj, "metadata": {k: v for k, v in meta.items() if k != "resourceVersion"}}
-    return json.dumps(obj, separators=(",", ":"), sort_keys=False).encode()
+    return jsonbytes.dumps(obj)
 
 
 def decode(value: bytes, revision: int) -> Obj:
-    obj: Obj = json.loads(value)
+    obj: Obj = jsonbytes.loads(value)
     obj.setdefault("metadata", {})["resourceVersion"] = str(revision)
     return obj
 

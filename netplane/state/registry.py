@@ -22,6 +22,7 @@ from datetime import UTC, datetime, timedelta
 from functools import partial
 from typing import Any
 
+from netplane.api import jsonbytes
 from netplane.api import resources as res
 from netplane.api.defaults import apply_defaults, drop_type_dependent_fields
 from netplane.api.errors import (
@@ -149,7 +150,7 @@ class Registry:
     async def _load_allocations(self) -> None:
         records, _ = await self.storage.list(key_prefix(SERVICES))
         for rec in records:
-            spec = json.loads(rec.value).get("spec", {})
+            spec = jsonbytes.loads(rec.value).get("spec", {})
             for ip in spec.get("clusterIPs") or ([spec["clusterIP"]] if spec.get("clusterIP") else []):
                 if ip != "None" and self.ips.contains(ip) and not self.ips.in_use(ip):
                     self.ips.allocate_specific(ip)
@@ -162,7 +163,7 @@ class Registry:
                 self.node_ports.allocate_specific(hc)
         records, _ = await self.storage.list(key_prefix(NODES))
         for rec in records:
-            cidr = json.loads(rec.value).get("spec", {}).get("podCIDR")
+            cidr = jsonbytes.loads(rec.value).get("spec", {}).get("podCIDR")
             if cidr:
                 with contextlib.suppress(AllocationError, ValueError):
                     self.pod_cidrs.allocate_specific(cidr)
@@ -218,7 +219,7 @@ class Registry:
         start_after = ""
         if continue_token:
             try:
-                tok = json.loads(base64.urlsafe_b64decode(continue_token.encode()))
+                tok = jsonbytes.loads(base64.urlsafe_b64decode(continue_token.encode()))
                 start_after = str(tok["start"])
             except (ValueError, KeyError, TypeError) as e:
                 raise bad_request("continue key is not valid: " + str(e)) from e
@@ -269,7 +270,7 @@ class Registry:
             raise bad_request(f"the kind in the data ({kind}) does not match the expected kind ({info.kind})")
         if "metadata" in obj and not isinstance(obj["metadata"], dict):
             raise bad_request("metadata must be an object")
-        out = obj if owned else json.loads(json.dumps(obj))
+        out = obj if owned else jsonbytes.clone(obj)
         out["apiVersion"] = info.group_version
         out["kind"] = info.kind
         return out
@@ -423,7 +424,7 @@ class Registry:
         if subresource == "status":
             # Only the status changes through /status (and nothing but metadata.labels/annotations
             # in kube; we keep it strict: status only).
-            new = json.loads(json.dumps(old))
+            new = jsonbytes.clone(old)
             new["status"] = obj.get("status", {})
             return new
         new = obj
@@ -540,7 +541,7 @@ class Registry:
         replicas = (body.get("spec") or {}).get("replicas")
         if not isinstance(replicas, int) or isinstance(replicas, bool) or replicas < 0:
             raise invalid("Scale", name, [Cause("spec.replicas", "must be a non-negative integer")], "autoscaling")
-        new = json.loads(json.dumps(old))
+        new = jsonbytes.clone(old)
         new["spec"]["replicas"] = replicas
         out = await self._write_update(info, key, old, new, rec.mod_revision, dry_run, rec.value)
         return self.scale_of(out)
@@ -644,7 +645,7 @@ class Registry:
         if m.get("finalizers"):
             if m.get("deletionTimestamp"):
                 return old
-            new = json.loads(json.dumps(old))
+            new = jsonbytes.clone(old)
             new["metadata"]["deletionTimestamp"] = now_rfc3339()
             new["metadata"]["deletionGracePeriodSeconds"] = 0
             new["metadata"].pop("resourceVersion", None)
@@ -665,7 +666,7 @@ class Registry:
             current = parse_rfc3339(m["deletionTimestamp"])
             if deadline >= current:
                 return old
-        new = json.loads(json.dumps(old))
+        new = jsonbytes.clone(old)
         new["metadata"]["deletionTimestamp"] = deadline.strftime("%Y-%m-%dT%H:%M:%SZ")
         new["metadata"]["deletionGracePeriodSeconds"] = grace
         new["metadata"].pop("resourceVersion", None)
@@ -705,7 +706,7 @@ class Registry:
     async def _schedule_pending_pod_deletions(self) -> None:
         records, _ = await self.storage.list(key_prefix(PODS))
         for rec in records:
-            ts = json.loads(rec.value).get("metadata", {}).get("deletionTimestamp")
+            ts = jsonbytes.loads(rec.value).get("metadata", {}).get("deletionTimestamp")
             if ts:
                 self._schedule_pod_reap(rec.key, parse_rfc3339(ts))
 
@@ -791,7 +792,7 @@ class Registry:
                 continue
             ns = obj["metadata"].get("namespace") if info.namespaced else None
             rec = await self.storage.get(object_key(info, ns, ref.get("name", "")))
-            if rec is not None and json.loads(rec.value)["metadata"].get("uid") == ref.get("uid"):
+            if rec is not None and jsonbytes.loads(rec.value)["metadata"].get("uid") == ref.get("uid"):
                 return True
         return False
 

@@ -17,13 +17,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from netplane.api import jsonbytes
 from netplane.api.errors import APIError
 from netplane.state.objects import Obj
 from netplane.state.registry import NODES, PODS, Registry
@@ -131,7 +131,7 @@ def needs_scheduling(pod: Obj) -> bool:
 def with_condition(status: dict[str, Any], ctype: str, cstatus: str, now: float,
                    reason: str | None = None, message: str | None = None) -> dict[str, Any]:
     """A copy of a pod status with one condition set; lastTransitionTime kept when the status holds."""
-    out = json.loads(json.dumps(status))
+    out = jsonbytes.clone(status)
     conds = [c for c in out.get("conditions") or [] if isinstance(c, dict)]
     current = next((c for c in conds if c.get("type") == ctype), None)
     cond: dict[str, Any] = {"type": ctype, "status": cstatus, "lastProbeTime": None,
@@ -258,7 +258,7 @@ class Scheduler:
 
     async def _bind(self, pod: Obj, node: str) -> bool:
         ns, name = self._pod_key(pod)
-        body = json.loads(json.dumps(pod))
+        body = jsonbytes.clone(pod)
         body["spec"]["nodeName"] = node
         try:
             bound = await self.registry.update(PODS, ns, name, body)
@@ -275,7 +275,7 @@ class Scheduler:
             status = with_condition(bound.get("status") or {}, "PodScheduled", "True", self.clock())
             if status == bound.get("status"):
                 break
-            body = json.loads(json.dumps(bound))
+            body = jsonbytes.clone(bound)
             body["status"] = status
             try:
                 await self.registry.update(PODS, ns, name, body, subresource="status")
@@ -295,7 +295,7 @@ class Scheduler:
                                 "Unschedulable", message)
         if status == pod.get("status"):
             return
-        body = json.loads(json.dumps(pod))
+        body = jsonbytes.clone(pod)
         body["status"] = status
         with contextlib.suppress(APIError):
             await self.registry.update(PODS, ns, name, body, subresource="status")

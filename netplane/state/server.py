@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -21,7 +20,7 @@ from urllib.parse import unquote
 import yaml
 from aiohttp import web
 
-from netplane.api import protobuf
+from netplane.api import jsonbytes, protobuf
 from netplane.api import resources as res
 from netplane.api.errors import APIError, bad_request
 from netplane.api.resources import ResourceInfo
@@ -44,7 +43,7 @@ class Target:
 
 
 def _dumps(obj: Any) -> bytes:
-    return json.dumps(obj, separators=(",", ":")).encode()
+    return jsonbytes.dumps(obj)
 
 
 def json_response(obj: Any, status: int = 200) -> web.Response:
@@ -249,7 +248,7 @@ class APIServer:
             raise bad_request("the request body is empty")
         try:
             if ctype in ("application/json", ""):
-                return json.loads(raw)
+                return jsonbytes.loads(raw)
             if ctype in ("application/yaml", "application/x-yaml", "text/yaml"):
                 return yaml.safe_load(raw)
             if ctype == protobuf.MEDIA_TYPE:
@@ -266,7 +265,7 @@ class APIServer:
         raw = await request.read()
         if raw:
             try:
-                body = json.loads(raw)
+                body = jsonbytes.loads(raw)
             except ValueError as e:
                 raise bad_request(f"the DeleteOptions could not be decoded: {e}") from None
             if isinstance(body, dict):

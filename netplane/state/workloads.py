@@ -45,6 +45,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from netplane.api import jsonbytes
 from netplane.api import resources as res
 from netplane.api.errors import APIError
 from netplane.api.selectors import LabelSelector
@@ -247,7 +248,7 @@ def pod_from_template(rs: Obj) -> Obj:
     if tmeta.get("finalizers"):
         meta["finalizers"] = list(tmeta["finalizers"])
     return {"apiVersion": "v1", "kind": "Pod", "metadata": meta,
-            "spec": json.loads(json.dumps(template.get("spec") or {}))}
+            "spec": jsonbytes.clone(template.get("spec") or {})}
 
 
 def replicaset_status(rs: Obj, active: list[Obj], now: float) -> tuple[dict[str, Any], float | None]:
@@ -329,7 +330,7 @@ def deployment_fenceposts(deploy: Obj) -> tuple[int, int]:
 
 
 def _canonical_template(template: Obj) -> Obj:
-    t = json.loads(json.dumps(template or {}))
+    t = jsonbytes.clone(template or {})
     labels = (t.get("metadata") or {}).get("labels")
     if isinstance(labels, dict):
         labels.pop(TEMPLATE_HASH_LABEL, None)
@@ -517,7 +518,7 @@ def deployment_status(deploy: Obj, new: Obj | None, all_rs: list[Obj], now: floa
         "readyReplicas": sum(s.ready for s in states),
         "availableReplicas": available,
         "unavailableReplicas": max(0, total - available),
-        "conditions": json.loads(json.dumps(old_status.get("conditions") or [])),
+        "conditions": jsonbytes.clone(old_status.get("conditions") or []),
     }
     if old_status.get("collisionCount") is not None:
         status["collisionCount"] = old_status["collisionCount"]
@@ -584,10 +585,10 @@ def _progressing(old: dict[str, Any], new: dict[str, Any]) -> bool:
 def new_replicaset(deploy: Obj, pod_hash: str, replicas: int, revision: int) -> Obj:
     """The ReplicaSet for the Deployment's current template (kube's getNewReplicaSet, create branch)."""
     spec = deploy.get("spec") or {}
-    template = json.loads(json.dumps(spec.get("template") or {}))
+    template = jsonbytes.clone(spec.get("template") or {})
     tmeta = template.setdefault("metadata", {})
     tmeta.setdefault("labels", {})[TEMPLATE_HASH_LABEL] = pod_hash
-    selector = json.loads(json.dumps(spec.get("selector") or {}))
+    selector = jsonbytes.clone(spec.get("selector") or {})
     selector.setdefault("matchLabels", {})[TEMPLATE_HASH_LABEL] = pod_hash
     annotations = {k: v for k, v in ((deploy["metadata"].get("annotations") or {}).items())
                    if k not in _CONTROLLER_ANNOTATIONS}
@@ -632,7 +633,7 @@ class _Controller(Controller):
         refs = [r for r in m.get("ownerReferences") or [] if r.get("uid") != release_uid]
         if ref is not None:
             refs.append(ref)
-        body = json.loads(json.dumps(obj))
+        body = jsonbytes.clone(obj)
         body["metadata"]["ownerReferences"] = refs or None
         if not refs:
             del body["metadata"]["ownerReferences"]
@@ -729,7 +730,7 @@ class ReplicaSetController(_Controller):
         old = rs.get("status") or {}
         merged = {**{k: v for k, v in old.items() if k == "conditions"}, **status}
         if merged != old:
-            body = json.loads(json.dumps(rs))
+            body = jsonbytes.clone(rs)
             body["status"] = merged
             await reg.update(REPLICASETS, namespace, name, body, subresource="status")
         return recheck
@@ -879,11 +880,11 @@ class DeploymentController(_Controller):
         annotations = m.get("annotations") or {}
         revision = str(revision_of(new)) if new is not None else None
         if revision is not None and annotations.get(REVISION_ANNOTATION) != revision:
-            body = json.loads(json.dumps(d))
+            body = jsonbytes.clone(d)
             body["metadata"].setdefault("annotations", {})[REVISION_ANNOTATION] = revision
             d = await self.registry.update(DEPLOYMENTS, m["namespace"], m["name"], body)
         if (d.get("status") or {}) != status:
-            body = json.loads(json.dumps(d))
+            body = jsonbytes.clone(d)
             body["status"] = status
             await self.registry.update(DEPLOYMENTS, m["namespace"], m["name"], body, subresource="status")
 
@@ -894,7 +895,7 @@ class DeploymentController(_Controller):
         spec = d.get("spec") or {}
         surge, _ = deployment_fenceposts(d)
         desired = _int(spec.get("replicas"), 1)
-        body = json.loads(json.dumps(new))
+        body = jsonbytes.clone(new)
         ann = body["metadata"].setdefault("annotations", {})
         if revision_of(new) < want_rev:
             ann[REVISION_ANNOTATION] = str(want_rev)
@@ -924,14 +925,14 @@ class DeploymentController(_Controller):
                 and templates_equal((existing.get("spec") or {}).get("template") or {}, template):
             return existing  # ours, created by an earlier sync we did not see the answer of
         # A different object holds the name: bump collisionCount so the next hash differs.
-        body = json.loads(json.dumps(d))
+        body = jsonbytes.clone(d)
         body.setdefault("status", {})["collisionCount"] = collisions + 1
         await self.registry.update(DEPLOYMENTS, d["metadata"]["namespace"], _name(d), body, subresource="status")
         self.queue.add((d["metadata"]["namespace"], _name(d)))
         return None
 
     async def _scale(self, rs: Obj, replicas: int, d: Obj) -> None:
-        body = json.loads(json.dumps(rs))
+        body = jsonbytes.clone(rs)
         body["spec"]["replicas"] = replicas
         spec = d.get("spec") or {}
         surge, _ = deployment_fenceposts(d)
