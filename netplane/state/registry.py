@@ -348,6 +348,10 @@ class Registry:
             return obj
         rev = await self._write_section(info, write)
         m["resourceVersion"] = str(rev)
+        if m.get("ownerReferences"):
+            # A controller acting on a cache that has not yet seen its owner's deletion can create a
+            # dependent after the collector visited that owner's dependents: check it once it is in.
+            self._spawn(self._collect_if_orphaned(info, obj))
         return obj
 
     def _locked(self, info: ResourceInfo) -> contextlib.AbstractAsyncContextManager[Any]:
@@ -784,6 +788,21 @@ class Registry:
                                           {"preconditions": {"uid": obj["metadata"]["uid"]}})
             except Exception:
                 log.exception("garbage collection of dependents failed owner=%s", owner["metadata"].get("name"))
+
+    async def _collect_if_orphaned(self, info: ResourceInfo, obj: Obj) -> None:
+        """kube's garbage collector deletes an object none of whose owners exists. Only when every
+        owner is of a kind this server knows: an owner it cannot look up is not known to be gone."""
+        refs = obj["metadata"].get("ownerReferences") or []
+        if any(res.lookup_kind(r.get("apiVersion", ""), r.get("kind", "")) is None for r in refs):
+            return
+        try:
+            if await self._any_owner_alive(obj, refs):
+                return
+            with contextlib.suppress(APIError):
+                await self.delete(info, obj["metadata"].get("namespace"), obj["metadata"]["name"],
+                                  {"preconditions": {"uid": obj["metadata"]["uid"]}})
+        except Exception:
+            log.exception("garbage collection of an orphan failed name=%s", obj["metadata"].get("name"))
 
     async def _any_owner_alive(self, obj: Obj, refs: builtins.list[dict[str, Any]]) -> bool:
         for ref in refs:

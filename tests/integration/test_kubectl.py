@@ -497,4 +497,9 @@ def test_delete_f_removes_everything(kubectl: Kubectl) -> None:
     for kind in ("deployment", "service", "ingress"):
         proc = kubectl.run("get", kind, "web", "-n", ns, check=False)
         assert proc.returncode != 0 and "NotFound" in proc.stderr, proc.stderr
-    assert kubectl.run("get", "all", "-n", ns).stdout.strip() == ""
+    # Dependents go in the background (propagationPolicy Background, kubectl's default), as in kube:
+    # the ReplicaSet's pods, including one its controller may have created just before, are collected.
+    deadline = time.monotonic() + 10
+    while (left := kubectl.run("get", "all", "-n", ns).stdout.strip()) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert left == ""

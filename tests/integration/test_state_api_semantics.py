@@ -214,6 +214,26 @@ def test_owner_references_cascade(state_server: ServerProcess) -> None:
     _wait(lambda: call(url + "/api/v1/namespaces/default/configmaps/dep")[0] == 404)
 
 
+def test_dependent_created_after_its_owner_is_gone_is_collected(state_server: ServerProcess) -> None:
+    # A controller acting on a stale cache can create a dependent after its owner's deletion was
+    # processed; kube's garbage collector deletes objects none of whose (known) owners exists.
+    url = state_server.url + "/api/v1/namespaces/default/configmaps"
+    _, owner = call(url, "POST", {"metadata": {"name": "gone-owner"}})
+    ref = {"apiVersion": "v1", "kind": "ConfigMap", "name": "gone-owner", "uid": owner["metadata"]["uid"]}
+    assert call(url + "/gone-owner", "DELETE")[0] == 200
+    assert call(url, "POST", {"metadata": {"name": "late-dep", "ownerReferences": [ref]}})[0] == 201
+    # Same owner name, new uid: the old owner is still gone.
+    _, other = call(url, "POST", {"metadata": {"name": "live-owner"}})
+    live = {"apiVersion": "v1", "kind": "ConfigMap", "name": "live-owner", "uid": other["metadata"]["uid"]}
+    unknown = {"apiVersion": "example.com/v1", "kind": "Widget", "name": "w", "uid": "0000"}
+    assert call(url, "POST", {"metadata": {"name": "kept-live", "ownerReferences": [live, ref]}})[0] == 201
+    assert call(url, "POST", {"metadata": {"name": "kept-unknown", "ownerReferences": [unknown, ref]}})[0] == 201
+    _wait(lambda: call(url + "/late-dep")[0] == 404)
+    # Collected in the same way (a spawned check right after create), so by now these were visited.
+    assert call(url + "/kept-live")[0] == 200
+    assert call(url + "/kept-unknown")[0] == 200
+
+
 def test_overlapping_cidrs_refused_at_startup(tmp_path: Path) -> None:
     r = subprocess.run([NETPLANE, "server", "--listen", "127.0.0.1:0", "--data-dir", str(tmp_path),
                         "--service-cidr", "10.0.0.0/8", "--cluster-cidr", "10.244.0.0/16"],
