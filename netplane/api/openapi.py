@@ -905,20 +905,32 @@ def _deref(schema: JSON | None, schemas: dict[str, JSON]) -> JSON | None:
 
 
 def _unknown(value: Any, schema: JSON | None, schemas: dict[str, JSON], path: str, found: list[str]) -> None:
+    # Only objects and lists can hold unknown fields: scalars are never descended into (most of an
+    # object's values), and a child's path is only spelled out when it is reported or walked.
     schema = _deref(schema, schemas)
     if schema is None or schema.get("x-kubernetes-preserve-unknown-fields"):
         return
-    if isinstance(value, dict):
+    if value.__class__ is dict:
         props = schema.get("properties")
+        if props.__class__ is not dict:
+            props = None
         extra = schema.get("additionalProperties")
+        if extra.__class__ is not dict:
+            extra = None
         for key, child in value.items():
-            where = f"{path}.{key}" if path else key
-            if isinstance(props, dict) and key in props:
-                _unknown(child, props[key], schemas, where, found)
-            elif isinstance(extra, dict):
-                _unknown(child, extra, schemas, where, found)
-            elif isinstance(props, dict):
-                found.append(where)
-    elif isinstance(value, list) and isinstance(schema.get("items"), dict):
-        for i, child in enumerate(value):
-            _unknown(child, schema["items"], schemas, f"{path}[{i}]", found)
+            if props is not None and key in props:
+                sub = props[key]
+            elif extra is not None:
+                sub = extra
+            else:
+                if props is not None:
+                    found.append(f"{path}.{key}" if path else key)
+                continue
+            if child.__class__ is dict or child.__class__ is list:
+                _unknown(child, sub, schemas, f"{path}.{key}" if path else key, found)
+    elif value.__class__ is list:
+        items = schema.get("items")
+        if items.__class__ is dict:
+            for i, child in enumerate(value):
+                if child.__class__ is dict or child.__class__ is list:
+                    _unknown(child, items, schemas, f"{path}[{i}]", found)
