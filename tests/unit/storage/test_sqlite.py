@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from netplane.state.storage import Compacted, KeyExists, KeyNotFound, RevisionMismatch
+from netplane.state.storage.base import Event
 from netplane.state.storage.sqlite import SQLiteStorage
 from netplane.state.watchcache import WatchCache
 
@@ -134,3 +135,77 @@ def test_watch_cache_reports_compaction(tmp_path: Path) -> None:
         await s.close()
 
     run(go())
+
+
+def test_watch_from_memory_matches_the_log(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Watchers that keep up are served the committed events from memory; ones further behind than
+    # memory reaches read the log. Both must see exactly what the log holds, in order, with no gap.
+    import netplane.state.storage.sqlite as sqlite_mod
+
+    monkeypatch.setattr(sqlite_mod, "RECENT_EVENTS", 8)
+
+    async def go() -> None:
+        s = SQLiteStorage(str(tmp_path / "db"))
+        await asyncio.gather(*(s.create(f"/r/{i}", b"v%d" % i) for i in range(5)))
+        await s.update("/r/1", b"w")
+        await s.delete("/r/2")
+        await asyncio.gather(*(s.create(f"/r/x{i}", b"x") for i in range(10)))
+        log = await s.events_since(0)
+        assert [e.revision for e in log] == list(range(1, 18))
+        assert s._recent_since(0) is None  # memory holds the last 8 only
+        assert s._recent_since(9) == log[9:]
+        assert s._recent_since(17) == []
+        for start in (0, 5, 10, 14):
+            log = await s.events_since(0)
+            last = log[-1].revision + 1
+            got: list[Event] = []
+
+            async def collect(since: int = start, out: list[Event] = got, until: int = last) -> None:
+                async for batch in s.watch(since):
+                    out.extend(batch)
+                    if out and out[-1].revision >= until:
+                        return
+
+            task = asyncio.create_task(collect())
+            await asyncio.sleep(0)
+            await s.update("/r/x0", b"live%d" % start)  # one more, live, after the backlog
+            await asyncio.wait_for(task, 5)
+            assert got[:-1] == log[start:], start
+            assert (got[-1].type, got[-1].revision, got[-1].value) == ("MODIFIED", last, b"live%d" % start)
+        await s.close()
+
+    run(go())
+
+
+def test_checkpoints_run_in_the_background_and_keep_the_data(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import netplane.state.storage.sqlite as sqlite_mod
+
+    monkeypatch.setattr(sqlite_mod, "CHECKPOINT_INTERVAL", 0.05)
+    wal = tmp_path / "db-wal"
+
+    async def go() -> None:
+        s = SQLiteStorage(str(tmp_path / "db"))
+        for i in range(300):
+            await s.create(f"/r/{i}", b"x" * 2000)
+        grown = wal.stat().st_size
+        assert grown > 300 * 2000  # every commit went to the WAL, none was checkpointed inline
+        deadline = asyncio.get_running_loop().time() + 5
+        # A PASSIVE checkpoint copies the WAL into the database file; the next write restarts it.
+        while asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.05)
+            if (tmp_path / "db").stat().st_size > 300 * 2000:
+                break
+        assert (tmp_path / "db").stat().st_size > 300 * 2000
+        await s.close()
+        assert not wal.exists() or wal.stat().st_size == 0  # TRUNCATE at close
+
+    run(go())
+    s2_records = run(_list_all(tmp_path))
+    assert len(s2_records) == 300
+
+
+async def _list_all(tmp_path: Path) -> list[object]:
+    s = SQLiteStorage(str(tmp_path / "db"))
+    records, _ = await s.list("/r/")
+    await s.close()
+    return list(records)
