@@ -362,6 +362,11 @@ class Registry:
         """Run allocate + write + commit-or-rollback to the end even if the request is cancelled
         (its client went away): a write that commits must keep its allocation."""
 
+        if info is not SERVICES and info is not NODES:
+            # Nothing allocated, nothing to roll back: a cancelled request's staged write commits
+            # all the same (the storage shields it), so no task of its own is needed.
+            return await write()
+
         async def guarded() -> int:
             async with self._locked(info):
                 return await write()

@@ -123,8 +123,9 @@ class APIServer:
         except Exception as e:
             log.exception("internal error method=%s path=%s", request.method, request.path)
             resp = status_response(APIError(500, f"internal error: {e}"))
-        log.debug("request method=%s path=%s status=%s ms=%.1f", request.method, request.path_qs,
-                  resp.status, (time.monotonic() - started) * 1000)
+        if log.isEnabledFor(logging.DEBUG):  # path_qs is built on demand: not for every request
+            log.debug("request method=%s path=%s status=%s ms=%.1f", request.method, request.path_qs,
+                      resp.status, (time.monotonic() - started) * 1000)
         return resp
 
     async def dispatch(self, request: web.Request) -> web.StreamResponse:
