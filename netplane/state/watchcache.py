@@ -22,7 +22,9 @@ from netplane.state.storage import Compacted, Event, Storage
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True, slots=True)
+# Not frozen: a frozen dataclass's __init__ costs an object.__setattr__ call per field, once per
+# write. A Change is shared by every watcher and only read.
+@dataclass(slots=True)
 class Change:
     type: str  # ADDED | MODIFIED | DELETED
     key: str

@@ -331,8 +331,13 @@ class SQLiteStorage:
         recent = self._recent
         if not recent or recent[0].revision > revision + 1:
             return None
-        start = revision + 1 - recent[0].revision
-        return list(itertools.islice(recent, start, None)) if start < len(recent) else []
+        wanted = recent[-1].revision - revision
+        if wanted <= 0:
+            return []
+        # From the right end: a watcher that keeps up wants the last few, and a deque walks from an end.
+        out = list(itertools.islice(reversed(recent), wanted))
+        out.reverse()
+        return out
 
     async def watch(self, revision: int) -> AsyncIterator[builtins.list[Event]]:
         seen = revision
