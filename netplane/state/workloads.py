@@ -644,6 +644,23 @@ class _Controller(Controller):
                 return None  # gone or changed: the next sync sees the new state
             raise
 
+    def _enqueue_owners(self, change: Change, owner_kind: str, selectors: dict[Key, LabelSelector]) -> None:
+        """A dependent changed: queue its controller of owner_kind, or, for an orphan, every owner
+        in its namespace whose selector could adopt it (kube's getPodReplicaSets/getDeploymentsForReplicaSet)."""
+        ns, _ = key_parts(change.key)
+        for obj in (change.object, change.previous):
+            if obj is None:
+                continue
+            ref = controller_ref(obj)
+            if ref is not None:
+                if ref.get("kind") == owner_kind:
+                    self.queue.add((ns, str(ref.get("name"))))
+                continue
+            labels = _labels(obj)
+            for key, sel in selectors.items():
+                if key[0] == ns and sel.matches(labels):
+                    self.queue.add(key)
+
 
 # --------------------------------------------------------------------------- ReplicaSet controller
 
@@ -670,20 +687,7 @@ class ReplicaSetController(_Controller):
                 self._selectors[rk] = _selector(change.object)
                 self.queue.add(rk)
         elif key.startswith("/registry/core/pods/"):
-            ns, _ = key_parts(key)
-            for obj in (change.object, change.previous):
-                if obj is None:
-                    continue
-                ref = controller_ref(obj)
-                if ref is not None:
-                    if ref.get("kind") == "ReplicaSet":
-                        self.queue.add((ns, str(ref.get("name"))))
-                    continue
-                # An orphan: every ReplicaSet that could adopt it looks.
-                labels = _labels(obj)
-                for rk, sel in self._selectors.items():
-                    if rk[0] == ns and sel.matches(labels):
-                        self.queue.add(rk)
+            self._enqueue_owners(change, "ReplicaSet", self._selectors)
 
     async def sync(self, namespace: str, name: str) -> float | None:
         reg = self.registry
@@ -770,19 +774,7 @@ class DeploymentController(_Controller):
                 self._remember(dk, change.object)
                 self.queue.add(dk)
         elif key.startswith("/registry/apps/replicasets/"):
-            ns, _ = key_parts(key)
-            for obj in (change.object, change.previous):
-                if obj is None:
-                    continue
-                ref = controller_ref(obj)
-                if ref is not None:
-                    if ref.get("kind") == "Deployment":
-                        self.queue.add((ns, str(ref.get("name"))))
-                    continue
-                labels = _labels(obj)
-                for dk, sel in self._selectors.items():
-                    if dk[0] == ns and sel.matches(labels):
-                        self.queue.add(dk)
+            self._enqueue_owners(change, "Deployment", self._selectors)
         elif key.startswith("/registry/core/pods/") and change.type == "DELETED" and self._recreate:
             # Recreate waits for the last old pod to go; only pod deletions can end that wait.
             ns, _ = key_parts(key)
