@@ -27,7 +27,7 @@ import errno
 import os
 import socket
 import struct
-from collections.abc import Collection, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
@@ -246,10 +246,21 @@ class NetlinkRequest:
     tolerated: frozenset[int] = frozenset()  # errnos that mean "already done"
 
 
-def send_batched(sock: socket.socket, requests: Sequence[NetlinkRequest], seq_start: int = 1) -> int:
+ErrorBuilder = Callable[[NetlinkRequest, int, bytes], Exception]
+
+
+def _ipvs_error(req: NetlinkRequest, code: int, ack: bytes) -> Exception:
+    return IpvsError(f"{req.what} failed: {os.strerror(code)}", code)
+
+
+def send_batched(sock: socket.socket, requests: Sequence[NetlinkRequest], seq_start: int = 1,
+                 error: ErrorBuilder = _ipvs_error) -> int:
     """Send in batches, read every acknowledgement; raises on the first untolerated error (after the
-    whole batch was handled, so the kernel is never left mid-message). Returns the number sent."""
-    first_error: tuple[NetlinkRequest, int] | None = None
+    whole batch was handled, so the kernel is never left mid-message). Returns the number sent.
+
+    `error` builds the exception from the request, the errno and the acknowledgement's payload
+    (which echoes the request: ipset, for one, marks in it which member failed)."""
+    first_error: tuple[NetlinkRequest, int, bytes] | None = None
     with contextlib.suppress(OSError):  # SO_RCVBUFFORCE needs CAP_NET_ADMIN; the default works, slower
         sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, RCVBUF)
     i = 0
@@ -274,14 +285,13 @@ def send_batched(sock: socket.socket, requests: Sequence[NetlinkRequest], seq_st
             while offset + 16 <= len(data):
                 length, msg_type, _, msg_seq, _ = struct.unpack_from("=IHHII", data, offset)
                 if msg_type == NLMSG_ERROR and msg_seq in pending:
-                    (error,) = struct.unpack_from("=i", data, offset + 16)
+                    (code,) = struct.unpack_from("=i", data, offset + 16)
                     req = pending.pop(msg_seq)
-                    if error and -error not in req.tolerated and first_error is None:
-                        first_error = (req, -error)
+                    if code and -code not in req.tolerated and first_error is None:
+                        first_error = (req, -code, data[offset + 16:offset + length])
                 offset += max(length, 16) + (-length % 4)
     if first_error is not None:
-        req, code = first_error
-        raise IpvsError(f"{req.what} failed: {os.strerror(code)}", code)
+        raise error(*first_error)
     return len(requests)
 
 
