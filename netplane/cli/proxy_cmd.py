@@ -41,7 +41,8 @@ def _bind(text: str) -> str:
 @click.command("proxy")
 @click.option("--server", "server_url", default=None, help="State server URL.")
 @click.option("--kubeconfig", default=None, type=click.Path(dir_okay=False), help="Kubeconfig file.")
-@click.option("--node-name", required=True, help="This node's name (selects local endpoints).")
+@click.option("--node-name", default=None,
+              help="This node's name (selects local endpoints); required unless --cleanup.")
 @click.option("--mode", type=click.Choice(["iptables", "nftables", "ipvs"]), default="iptables", show_default=True)
 @click.option("--ipvs-scheduler", type=click.Choice(["rr", "wrr", "lc", "wlc", "sh", "dh", "sed", "nq"]),
               default="rr", show_default=True, help="IPVS scheduler of every virtual server (--mode ipvs).")
@@ -57,13 +58,29 @@ def _bind(text: str) -> str:
 @click.option("--iptables-backend", type=click.Choice(["nft", "legacy"]), default="nft", show_default=True,
               help="Which iptables binaries to use in iptables mode.")
 @click.option("--netns", default=None, hidden=True, help="Program rules in this named netns (labs, tests).")
+@click.option("--cleanup", is_flag=True, help="Remove every proxy mode's rules, sets, virtual servers and "
+              "service device from this node, then exit (as kube-proxy --cleanup).")
 @click.pass_context
-def proxy(ctx: click.Context, server_url: str | None, kubeconfig: str | None, node_name: str, mode: str,
+def proxy(ctx: click.Context, server_url: str | None, kubeconfig: str | None, node_name: str | None, mode: str,
           cluster_cidr: str, masquerade_all: bool, nodeport_addresses: str, min_sync_period: str,
           sync_period: str, healthz_bind_address: str, metrics_bind_address: str, iptables_backend: str,
-          netns: str | None, ipvs_scheduler: str) -> None:
-    """Program Services and EndpointSlices into iptables, nftables or IPVS on this node."""
+          netns: str | None, ipvs_scheduler: str, cleanup: bool) -> None:
+    """Program Services and EndpointSlices into iptables, nftables or IPVS on this node.
+
+    Starting in one mode removes what the other modes left on the node (after the first sync)."""
     from netplane.cli.logs import setup_logging
+
+    if cleanup:
+        from netplane.proxy.cleanup import cleanup as clean_all
+
+        report = clean_all(netns, iptables_backend)
+        for item in report.removed:
+            click.echo(f"removed {item}")
+        if not report.ok:
+            raise click.ClickException("cleanup incomplete:\n  " + "\n  ".join(report.errors))
+        return
+    if not node_name:
+        raise click.UsageError("Missing option '--node-name'.")
     from netplane.proxy.daemon import DaemonOptions, run_forever
 
     obj = ctx.obj or {}

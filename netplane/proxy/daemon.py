@@ -23,6 +23,7 @@ from netplane.client.rest import APIClient
 from netplane.kernel.conntrack import Conntrack
 from netplane.kernel.iptables import Iptables
 from netplane.kernel.nftables import nft_kernel
+from netplane.proxy.cleanup import StartupCleanup
 from netplane.proxy.health import ProxierHealth, health_check_ports, make_app, make_service_app
 from netplane.proxy.proxier import Backend, IptablesBackend, NftablesBackend, Proxier
 from netplane.proxy.runner import AsyncRunner
@@ -92,6 +93,8 @@ class ProxyDaemon:
                                check_rules_period=opts.sync_period)
         self.health = ProxierHealth(health_timeout=2 * opts.sync_period)
         self.proxier.listeners.append(self.health)
+        # A node switched from another mode: its rules go once this mode's are in (netplane/proxy/cleanup.py).
+        self.proxier.listeners.append(StartupCleanup(opts.mode, opts.netns, opts.iptables_backend))
         self.runner = AsyncRunner(self.proxier.sync, opts.min_sync_period, opts.sync_period)
         self.proxier.set_sync_requester(self.runner.run)
         self._service_sites: dict[int, Any] = {}

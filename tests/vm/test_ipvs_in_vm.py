@@ -259,3 +259,115 @@ def test_kernel_layer_round_trip() -> None:
             assert not dev.exists()
     finally:
         subprocess.run(["ip", "netns", "del", ns], check=False)
+
+
+# -- ipset over batched netlink, on this kernel -------------------------------------------------
+def check_ipset_netlink(ns: str) -> None:
+    """The ipset path of IPVS mode on a real kernel (also run on the host's kernel by
+    tests/integration/test_ipvs_vm.py): members added and deleted many per message, idempotently,
+    read back by `ipset save`; the member the kernel refuses is named; names listed and sets destroyed
+    over netlink."""
+    from netplane.kernel.ipset import IpsetError, MemberRun, parse_save
+
+    ipset = Ipset(ns)
+    ipset.restore("".join(ipvs.create_line(n) + "\n" for n in sorted(ipvs.SET_TYPES)))
+    loop = [f"10.{i >> 16 & 255}.{i >> 8 & 255}.{i & 255},tcp:8080,10.{i >> 16 & 255}.{i >> 8 & 255}.{i & 255}"
+            for i in range(20000)]
+    text = "".join(f"add {ipvs.LOOP_BACK} {m}\n" for m in loop)
+    text += "add NPV-CLUSTER-IP 10.96.0.10,udp:53\nadd NPV-NODE-PORT-SCTP 30999\n"
+    text += "add NPV-LB-SOURCE-CIDR 203.0.113.10,tcp:443,198.51.100.0/24\nadd NPV-IPVS-IPS 10.96.0.10\n"
+    ipset.restore(text)
+    ipset.restore(text)  # present members: still fine
+    saved = parse_save(ipset.save(), ipvs.PREFIX)
+    assert saved[ipvs.LOOP_BACK].members == set(loop)
+    assert saved["NPV-CLUSTER-IP"].members == {"10.96.0.10,udp:53"}
+    assert saved["NPV-NODE-PORT-SCTP"].members == {"30999"}
+    assert saved["NPV-LB-SOURCE-CIDR"].members == {"203.0.113.10,tcp:443,198.51.100.0/24"}
+    ipset.restore("".join(f"del {ipvs.LOOP_BACK} {m}\n" for m in loop[:15000]) + f"del {ipvs.LOOP_BACK} 1.2.3.4,"
+                  "tcp:1,1.2.3.4\n")  # an absent member: fine
+    assert parse_save(ipset.save(), ipvs.PREFIX)[ipvs.LOOP_BACK].members == set(loop[15000:])
+    # A bitmap:port set refuses nothing in 0-65535; a hash:ip,port set refuses a member without a port.
+    try:
+        ipset.update([MemberRun("add", "NPV-CLUSTER-IP", ["10.96.0.11,tcp:80", "10.96.0.12", "10.96.0.13,tcp:80"])])
+        raise AssertionError("the kernel accepted a member of the wrong shape")
+    except IpsetError as e:
+        assert "member '10.96.0.12'" in str(e), e
+    names = ipset.names(ipvs.PREFIX)
+    assert sorted(names) == sorted(ipvs.SET_TYPES)
+    ipset.destroy([*names, "NPV-NEVER-THERE"])
+    assert ipset.names(ipvs.PREFIX) == []
+
+
+def test_ipset_netlink_on_this_kernel() -> None:
+    ns = f"np-vmset-{os.getpid()}"
+    sh("ip", "netns", "add", ns)
+    try:
+        check_ipset_netlink(ns)
+    finally:
+        subprocess.run(["ip", "netns", "del", ns], check=False)
+
+
+# -- switching modes: nothing of the previous mode stays (netplane/proxy/cleanup.py) ---------------
+def leftovers(topo: Topology) -> str:
+    return node_sh(topo, "sh", "-c", f"iptables-save; nft list tables; ipset list -n; ipvsadm -Sn; "
+                                     f"ip -br link show {ipvs.DEVICE} 2>/dev/null; true")
+
+
+def start_mode(topo: Topology, mode: str) -> Proxier:
+    """A proxier in `mode` on node1 with the start-up cleanup of the daemon, after its first sync."""
+    from netplane.kernel.nftables import Nft
+    from netplane.proxy.cleanup import StartupCleanup
+    from netplane.proxy.proxier import Backend, IptablesBackend, NftablesBackend
+
+    cfg = ProxyConfig(node_name="n1", cluster_cidr=CLUSTER_CIDR, node_ips=(NODE1_IP,))
+    backend: Backend
+    if mode == "ipvs":
+        backend = make_backend(topo)
+    elif mode == "iptables":
+        backend = IptablesBackend(Iptables(netns=topo.node1))
+    else:
+        backend = NftablesBackend(Nft(topo.node1))
+    proxier = Proxier(cfg, backend, check_rules_period=3600.0)
+    cleanup = StartupCleanup(mode, topo.node1)
+    proxier.listeners.append(cleanup)
+    feed_baseline(proxier)
+    assert proxier.sync()
+    assert cleanup.done
+    return proxier
+
+
+def test_switching_between_ipvs_and_the_other_modes_leaves_nothing_behind(topo: Topology, node1: Proxier) -> None:
+    from netplane.proxy.cleanup import cleanup
+
+    clean_node(topo)
+    # Someone else's virtual server, set and rule: never touched by a cleanup.
+    node_sh(topo, "sh", "-c", "ipset create user-keep hash:ip; "
+                              "iptables -A INPUT -m set --match-set user-keep src -j ACCEPT")
+    try:
+        start_mode(topo, "ipvs")
+        for mode in ("iptables", "ipvs", "nftables", "ipvs"):
+            # IPVS mode's own syncs delete virtual servers it does not know, as kube-proxy's do (without
+            # --ipvs-exclude-cidrs): the foreign one comes back before each switch away from IPVS.
+            node_sh(topo, "sh", "-c", "ipvsadm -A -t 203.0.113.99:80 -s rr 2>/dev/null; true")
+            start_mode(topo, mode)
+            state = leftovers(topo)
+            assert ("NPV-" in state) == (mode == "ipvs") and (ipvs.DEVICE in state) == (mode == "ipvs"), state
+            assert ("NP-SERVICES" in state) == (mode == "iptables"), state
+            assert ("table ip netplane\n" in state) == (mode == "nftables"), state
+            assert "-A INPUT -m set --match-set user-keep src -j ACCEPT" in state and "user-keep" in state.split()
+            if mode != "ipvs":
+                assert "203.0.113.99:80" in state and "10.96.0.82:80" not in state, state
+            # The new mode alone serves: the remote service reaches its endpoint, an unknown port is refused.
+            assert topo.one("pb", "tcp", "10.96.0.82", 80)["server"] == C, mode
+        report = cleanup(topo.node1)
+        assert report.ok, report.errors
+        state = leftovers(topo)
+        assert "NPV-" not in state and ipvs.DEVICE not in state and "10.96.0.82" not in state, state
+        assert "user-keep" in state.split() and "-A INPUT -m set --match-set user-keep src -j ACCEPT" in state
+        again = cleanup(topo.node1)
+        assert again.ok and again.removed == []
+    finally:
+        # Back to the module's IPVS baseline for whatever runs next.
+        clean_node(topo)
+        node1.force_full_sync()
+        assert node1.sync()
