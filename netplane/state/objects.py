@@ -73,7 +73,11 @@ def labels(obj: Obj) -> dict[str, str]:
 
 
 def spec_equal_ignoring(a: Obj, b: Obj, ignore: tuple[str, ...] = ("metadata", "status")) -> bool:
-    return {k: v for k, v in a.items() if k not in ignore} == {k: v for k, v in b.items() if k not in ignore}
+    # Compared in place, without building two filtered copies (this runs once per update).
+    return all(a.get(k, _MISSING) == b.get(k, _MISSING) for k in a.keys() | b.keys() if k not in ignore)
+
+
+_MISSING = object()
 
 
 def deep_copy(obj: Obj) -> Obj:

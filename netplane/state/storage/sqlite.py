@@ -114,6 +114,7 @@ class SQLiteStorage:
         self._committed = self._load_revision()
         self._next = self._committed
         self._staged: dict[str, _Op] = {}  # newest staged op per key, until committed
+        self._last_read: tuple[str, Record | None, int] = ("", None, -1)
         self._pending: list[_Op] = []
         self._flusher: asyncio.Task[None] | None = None
         self._write_lock = asyncio.Lock()
@@ -136,7 +137,11 @@ class SQLiteStorage:
         row = self._db.execute(
             "SELECT value, create_rev, mod_rev FROM objects WHERE key=?", (key,)
         ).fetchone()
-        return Record(key, row[0], row[1], row[2]) if row else None
+        rec = Record(key, row[0], row[1], row[2]) if row else None
+        # A read-modify-write reads, then writes without yielding to the loop in between: the write's
+        # check can take this record instead of reading it again, as long as nothing committed since.
+        self._last_read = (key, rec, self._committed)
+        return rec
 
     async def list(self, prefix: str, start_after: str = "", limit: int = 0) -> tuple[builtins.list[Record], int]:
         lower = max(prefix, start_after)
@@ -185,6 +190,9 @@ class SQLiteStorage:
         op = self._staged.get(key)
         if op is not None:
             return op.record
+        last_key, last, at = self._last_read
+        if last_key == key and at == self._committed:
+            return last
         row = self._db.execute(
             "SELECT value, create_rev, mod_rev FROM objects WHERE key=?", (key,)
         ).fetchone()

@@ -209,3 +209,33 @@ async def _list_all(tmp_path: Path) -> list[object]:
     records, _ = await s.list("/r/")
     await s.close()
     return list(records)
+
+
+def test_a_write_checked_against_a_read_never_misses_a_later_commit(tmp_path: Path) -> None:
+    # The conditional write may reuse the record just read (no second SELECT), but only while nothing
+    # has been staged or committed since: a stale expectation still fails.
+    async def go() -> None:
+        s = SQLiteStorage(str(tmp_path / "db"))
+        r1 = await s.create("/k", b"1")
+        rec = await s.get("/k")
+        assert rec is not None and rec.mod_revision == r1
+        r2 = await s.update("/k", b"2", expected_revision=rec.mod_revision)  # reuses the read
+        stale = await s.get("/k")
+        assert stale is not None and stale.mod_revision == r2
+        await s.update("/k", b"3")  # committed after that read
+        with pytest.raises(RevisionMismatch):
+            await s.update("/k", b"4", expected_revision=stale.mod_revision)
+        fresh = await s.get("/k")
+        assert fresh is not None
+        staged = asyncio.ensure_future(s.update("/k", b"5"))  # staged, not yet committed
+        await asyncio.sleep(0)
+        with pytest.raises(RevisionMismatch):
+            await s.update("/k", b"6", expected_revision=fresh.mod_revision)
+        await staged
+        await s.delete("/k")
+        gone = await s.get("/k")
+        assert gone is None
+        assert await s.create("/k", b"7") > r2
+        await s.close()
+
+    run(go())
