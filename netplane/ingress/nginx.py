@@ -6,10 +6,26 @@ machine's own nginx, ``/etc/nginx`` and ``/var/log/nginx`` are never touched. ng
 foreground (``daemon off``) as our child: its PID is the master's, and the controller restarts it
 if it dies.
 
-A configuration is only ever installed after ``nginx -t`` accepted it (checked as a candidate file
-beside the live one); a reload is ``SIGHUP`` to the master, which starts new workers on the new
-configuration while the old ones finish their requests (``worker_shutdown_timeout``), so no
-connection is refused or cut. :meth:`Nginx.reload` returns once the new workers are running.
+A reload is ``SIGHUP`` to the master, which starts new workers on the new configuration while the
+old ones finish their requests (``worker_shutdown_timeout``), so no connection is refused or cut.
+:meth:`Nginx.reload` returns once the new workers serve and every old one has stopped accepting.
+
+Two ways to validate a configuration:
+
+* ``nginx -t`` on a candidate file beside the live one (:meth:`Nginx.check`): a second nginx parses
+  it. Used when no master runs (a refused configuration would leave nothing serving).
+* The reload itself (:meth:`Nginx.reload` raising :class:`NginxRejected`): a master that cannot load
+  a new configuration logs ``[emerg]`` and keeps its old workers on the old one, so the reload is the
+  check, and a change costs one parse instead of two. The file is installed *unverified* first (a
+  marker file says so, so that a controller restarted in that moment does not take it for the
+  configuration nginx runs) and put back at once if nginx refuses it.
+
+nginx's master waits a fixed 100 ms after starting new workers before it tells the old ones to
+stop (``ngx_msleep(100)`` in ``ngx_master_process_cycle``), and until then the old workers take most
+new connections on the old configuration. :meth:`Nginx.reload` (``retire_early``) sends the old
+workers the same graceful shutdown signal (SIGQUIT) itself as soon as every new worker serves; the
+master's own signal then finds them already shutting down. Old workers are addressed through
+pidfds opened while they were still the master's children, so a recycled PID is never signalled.
 """
 
 from __future__ import annotations
@@ -37,6 +53,14 @@ class CheckResult:
     ok: bool
     message: str = ""  # the first error, without nginx's prefix
     line: int | None = None  # where in the checked file, when nginx says
+
+
+class NginxRejected(NginxError):
+    """The master refused a reload's configuration and keeps serving the previous one."""
+
+    def __init__(self, check: CheckResult) -> None:
+        super().__init__(f"nginx refused the configuration: {check.message}")
+        self.check = check
 
 
 def parse_check_output(text: str, path: str) -> CheckResult:
@@ -72,9 +96,11 @@ def _serving(worker: int) -> bool:
 
 
 def _retired(worker: int) -> bool:
-    """Gone, or shutting down: nginx retitles a worker just before it closes its listening sockets."""
+    """Gone, exited (a zombie has an empty command line until the master reaps it, which nginx's master
+    does only between its own steps), or shutting down: nginx retitles a worker just before it closes
+    its listening sockets."""
     title = _title(worker)
-    return title is None or b"shutting down" in title
+    return not title or b"shutting down" in title
 
 
 class Nginx:
@@ -84,6 +110,7 @@ class Nginx:
         self.netns = netns  # run nginx in this named network namespace (tests, benchmarks)
         self.conf = state_dir / "nginx.conf"
         self.candidate = state_dir / "nginx.conf.candidate"
+        self.unverified = state_dir / "nginx.conf.unverified"  # exists while nginx.conf is not known good
         self.error_log = state_dir / "error.log"
         self.proc: subprocess.Popen[bytes] | None = None
         self._workers: set[int] = set()
@@ -130,11 +157,26 @@ class Nginx:
             out = log.read_text(errors="replace") + "\n" + out
         return parse_check_output(out, str(self.candidate))
 
-    def install(self, text: str) -> None:
-        """Make ``text`` the live configuration (atomic rename; nginx reads it on start or reload)."""
+    def install(self, text: str, verified: bool = True) -> None:
+        """Make ``text`` the live configuration (atomic rename; nginx reads it on start or reload).
+
+        ``verified=False``: nginx has not accepted it yet (the reload is the check); the marker stays
+        until :meth:`mark_verified` or a verified install."""
+        if not verified:
+            self.unverified.touch()
         tmp = self.conf.with_suffix(".tmp")
         tmp.write_text(text)
         tmp.replace(self.conf)
+        if verified:
+            self.mark_verified()
+
+    def mark_verified(self) -> None:
+        self.unverified.unlink(missing_ok=True)
+
+    @property
+    def conf_verified(self) -> bool:
+        """Whether the installed file is a configuration nginx accepted (see :meth:`install`)."""
+        return not self.unverified.exists()
 
     @property
     def pid(self) -> int | None:
@@ -191,28 +233,91 @@ class Nginx:
             time.sleep(0.01)
         raise NginxError(f"nginx started no workers within {timeout:.0f}s: {self.tail_log()}")
 
-    def reload(self, timeout: float = 10.0) -> None:
-        """Graceful reload (SIGHUP); returns once new workers serve the new configuration."""
+    def reload(self, timeout: float = 10.0, retire_early: bool = True) -> None:
+        """Graceful reload (SIGHUP); returns once new workers serve the new configuration and every old
+        worker has stopped accepting. Raises :class:`NginxRejected` when the master refuses the
+        configuration (it logs ``[emerg]`` and goes on serving the old one)."""
         pid = self.pid
         if not self.running() or pid is None:
             self.start(timeout)
             return
         before = _children(pid) | self._workers
-        want = max(1, len(self._workers))
-        os.kill(pid, signal.SIGHUP)
-        self.reloads += 1
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            fresh = _children(pid) - before
-            # Done when the new workers run and every old one has stopped accepting: until an old
-            # worker handles its shutdown signal it still takes new connections on the old config.
-            if len(fresh) >= want and all(_serving(w) for w in fresh) and all(_retired(w) for w in before):
-                self._workers = fresh
-                return
-            if not self.running():
-                raise NginxError(f"nginx exited during a reload: {self.tail_log()}")
-            time.sleep(0.005)
-        raise NginxError(f"nginx did not start new workers within {timeout:.0f}s of a reload: {self.tail_log()}")
+        # As many new workers as old ones serve now (workers of an earlier generation still finishing
+        # requests, or exited and not yet reaped, do not count: nginx starts worker_processes).
+        want = max(1, sum(1 for w in before if _serving(w)))
+        pidfds = self._open_pidfds(pid, before) if retire_early else {}
+        offset = self._log_size()
+        try:
+            os.kill(pid, signal.SIGHUP)
+            self.reloads += 1
+            deadline = time.monotonic() + timeout
+            retiring = False
+            while time.monotonic() < deadline:
+                fresh = _children(pid) - before
+                if len(fresh) >= want and all(_serving(w) for w in fresh):
+                    if pidfds and not retiring:
+                        self._retire(pidfds)
+                        retiring = True
+                    # Done when every old worker has stopped accepting: until an old worker handles
+                    # its shutdown signal it still takes new connections on the old configuration.
+                    if all(_retired(w) for w in before):
+                        self._workers = fresh
+                        return
+                else:
+                    refused = self._refusal(offset)
+                    if refused is not None:
+                        raise NginxRejected(refused)
+                if not self.running():
+                    raise NginxError(f"nginx exited during a reload: {self.tail_log()}")
+                time.sleep(0.002)
+            raise NginxError(f"nginx did not start new workers within {timeout:.0f}s of a reload: {self.tail_log()}")
+        finally:
+            for fd in pidfds.values():
+                os.close(fd)
+
+    @staticmethod
+    def _open_pidfds(master: int, workers: set[int]) -> dict[int, int]:
+        """pidfds for the workers still the master's children (checked after opening: a pidfd opened
+        on a PID that was recycled in between would name another process)."""
+        fds: dict[int, int] = {}
+        for w in workers:
+            with contextlib.suppress(OSError):
+                fds[w] = os.pidfd_open(w)
+        alive = _children(master)
+        for w in [w for w in fds if w not in alive]:
+            os.close(fds.pop(w))
+        return fds
+
+    @staticmethod
+    def _retire(pidfds: dict[int, int]) -> None:
+        for w, fd in pidfds.items():
+            if not _retired(w):
+                with contextlib.suppress(ProcessLookupError):  # exited meanwhile: nothing to stop
+                    signal.pidfd_send_signal(fd, signal.SIGQUIT)
+
+    def _log_size(self) -> int:
+        try:
+            return self.error_log.stat().st_size
+        except OSError:
+            return 0
+
+    def _refusal(self, offset: int) -> CheckResult | None:
+        """The error a refused reload logged after ``offset`` of the error log, if any.
+
+        A master that cannot load a configuration logs it at ``emerg`` (config syntax, unreadable or
+        mismatched certificates, binds) and keeps its old cycle; workers never log at ``emerg``."""
+        try:
+            if self.error_log.stat().st_size <= offset:
+                return None
+            with open(self.error_log, "rb") as f:
+                f.seek(offset)
+                text = f.read().decode(errors="replace")
+        except OSError:
+            return None
+        if "[emerg]" not in text:
+            return None
+        # From the [emerg] on: workers may have logged other errors (an upstream refusing ...) before it.
+        return parse_check_output(text[text.index("[emerg]"):], str(self.conf))
 
     def stop(self, timeout: float = 10.0) -> None:
         """Graceful stop (SIGQUIT: finish in-flight requests), then SIGKILL after ``timeout``."""
