@@ -9,6 +9,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from netplane.api import jsonbytes
+from netplane.api.errors import bad_request
 from netplane.api.resources import ResourceInfo
 
 Obj = dict[str, Any]
@@ -51,7 +52,10 @@ def encode(obj: Obj) -> bytes:
     meta = obj.get("metadata", {})
     if "resourceVersion" in meta:
         obj = {**obj, "metadata": {k: v for k, v in meta.items() if k != "resourceVersion"}}
-    return jsonbytes.dumps(obj)
+    try:
+        return jsonbytes.dumps(obj)
+    except ValueError as e:  # e.g. a lone surrogate from a YAML body: never store what cannot be read
+        raise bad_request(f"the object cannot be stored as JSON: {e}") from None
 
 
 def decode(value: bytes, revision: int) -> Obj:

@@ -798,7 +798,12 @@ class Registry:
         """kube's garbage collector deletes an object none of whose owners exists. Only when every
         owner is of a kind this server knows: an owner it cannot look up is not known to be gone."""
         refs = obj["metadata"].get("ownerReferences") or []
-        if any(res.lookup_kind(r.get("apiVersion", ""), r.get("kind", "")) is None for r in refs):
+        kinds = [res.lookup_kind(r.get("apiVersion", ""), r.get("kind", "")) for r in refs]
+        if any(k is None for k in kinds):
+            return
+        if not info.namespaced and any(k is not None and k.namespaced for k in kinds):
+            # A cluster-scoped object cannot have a namespaced owner: kube (>= 1.20) treats such a
+            # reference as unresolvable and never collects the object.
             return
         try:
             if await self._any_owner_alive(obj, refs):

@@ -251,7 +251,9 @@ class APIServer:
             if ctype in ("application/json", ""):
                 return jsonbytes.loads(raw)
             if ctype in ("application/yaml", "application/x-yaml", "text/yaml"):
-                return yaml.safe_load(raw)
+                doc = yaml.safe_load(raw)
+                jsonbytes.require_representable(doc)
+                return doc
             if ctype == protobuf.MEDIA_TYPE:
                 # kubectl's typed commands (create deployment, create secret, ...) send protobuf.
                 return protobuf.decode_object(raw)

@@ -109,7 +109,14 @@ class WatchCache:
     async def _run(self, start: int) -> None:
         async for batch in self._storage.watch(start):
             for ev in batch:
-                change = _decode_event(ev)
+                try:
+                    change = _decode_event(ev)
+                except ValueError:
+                    # Never written by this server (it stores only what reads back); one bad value
+                    # must not end every watch, so it is reported and passed over.
+                    log.exception("undecodable stored value key=%s revision=%d", ev.key, ev.revision)
+                    self.revision = ev.revision
+                    continue
                 self._buffer.append(change)
                 for sub in list(self._subs):
                     sub.offer(change)

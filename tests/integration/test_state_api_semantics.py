@@ -221,17 +221,35 @@ def test_dependent_created_after_its_owner_is_gone_is_collected(state_server: Se
     _, owner = call(url, "POST", {"metadata": {"name": "gone-owner"}})
     ref = {"apiVersion": "v1", "kind": "ConfigMap", "name": "gone-owner", "uid": owner["metadata"]["uid"]}
     assert call(url + "/gone-owner", "DELETE")[0] == 200
-    assert call(url, "POST", {"metadata": {"name": "late-dep", "ownerReferences": [ref]}})[0] == 201
-    # Same owner name, new uid: the old owner is still gone.
     _, other = call(url, "POST", {"metadata": {"name": "live-owner"}})
     live = {"apiVersion": "v1", "kind": "ConfigMap", "name": "live-owner", "uid": other["metadata"]["uid"]}
     unknown = {"apiVersion": "example.com/v1", "kind": "Widget", "name": "w", "uid": "0000"}
+    # Kept: one owner alive; an owner of a kind this server does not serve; a cluster-scoped object
+    # with a namespaced owner (unresolvable in kube, never collected). Created before the orphan, so
+    # their checks (reads only) are done by the time the orphan's deletion has committed.
     assert call(url, "POST", {"metadata": {"name": "kept-live", "ownerReferences": [live, ref]}})[0] == 201
     assert call(url, "POST", {"metadata": {"name": "kept-unknown", "ownerReferences": [unknown, ref]}})[0] == 201
+    classes = state_server.url + "/apis/networking.k8s.io/v1/ingressclasses"
+    assert call(classes, "POST", {"metadata": {"name": "kept-cluster", "ownerReferences": [ref]},
+                                  "spec": {"controller": "example.com/x"}})[0] == 201
+    assert call(url, "POST", {"metadata": {"name": "late-dep", "ownerReferences": [ref]}})[0] == 201
     _wait(lambda: call(url + "/late-dep")[0] == 404)
-    # Collected in the same way (a spawned check right after create), so by now these were visited.
     assert call(url + "/kept-live")[0] == 200
     assert call(url + "/kept-unknown")[0] == 200
+    assert call(classes + "/kept-cluster")[0] == 200
+
+
+def test_yaml_bodies_json_cannot_carry_are_refused(state_server: ServerProcess) -> None:
+    url = state_server.url + "/api/v1/namespaces/default/configmaps"
+    nan = b"metadata: {name: nan-cm}\nbinaryData: {}\nimmutable: false\nextra: .nan\n"
+    code, body = call(url, "POST", raw=nan, ctype="application/yaml")
+    assert code == 400 and "nan" in body["message"].lower(), body
+    surrogate = b'metadata: {name: sur-cm}\ndata: {a: "\\ud800"}\n'
+    code, body = call(url, "POST", raw=surrogate, ctype="application/yaml")
+    assert code == 400, body
+    assert call(url + "/nan-cm")[0] == 404 and call(url + "/sur-cm")[0] == 404
+    # The server keeps serving lists and watches of the kind.
+    assert call(url)[0] == 200
 
 
 def test_overlapping_cidrs_refused_at_startup(tmp_path: Path) -> None:

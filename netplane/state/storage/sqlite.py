@@ -72,6 +72,8 @@ CREATE TABLE IF NOT EXISTS meta (
 MAX_BATCH = 512
 # Seconds between background checkpoints while writes come in.
 CHECKPOINT_INTERVAL = 0.5
+# WAL size past which a checkpoint is finished between two commits, so SQLite can rewind the WAL.
+WAL_LIMIT = 64 << 20
 # Newest committed events kept in memory, so watchers that keep up never read them back.
 RECENT_EVENTS = 4096
 
@@ -108,9 +110,12 @@ class SQLiteStorage:
         self._cdb.execute("PRAGMA synchronous=FULL")
         for db in (self._db, self._wdb, self._cdb):
             db.execute("PRAGMA wal_autocheckpoint=0")
+            db.execute(f"PRAGMA journal_size_limit={WAL_LIMIT}")  # what a rewound WAL is cut back to
+        self._wal_path = os.path.abspath(path) + "-wal"
         self._checkpointer: asyncio.Task[None] | None = None
         self._checkpoint_lock = threading.Lock()  # the last one, at close, may meet a running one
         self._recent: collections.deque[Event] = collections.deque(maxlen=RECENT_EVENTS)
+        self._compacted = 0  # what compact() last recorded (the log's own record is authoritative)
         self._committed = self._load_revision()
         self._next = self._committed
         self._staged: dict[str, _Op] = {}  # newest staged op per key, until committed
@@ -268,8 +273,24 @@ class SQLiteStorage:
 
     async def _checkpoint_soon(self) -> None:
         await asyncio.sleep(CHECKPOINT_INTERVAL)
-        if not self._closed:
-            await asyncio.to_thread(self._checkpoint, "PASSIVE")
+        if self._closed:
+            return
+        await asyncio.to_thread(self._checkpoint, "PASSIVE")
+        if self._closed or self._wal_size() < WAL_LIMIT:
+            return
+        # SQLite rewinds the WAL only once a checkpoint has copied all of it, which commits racing a
+        # background checkpoint never let happen under a steady write load: the WAL would grow without
+        # bound. So, once it is large, the copy is finished between two commits; the stall is only what
+        # came in since the background copy (a few frames and one fsync).
+        async with self._write_lock:
+            if not self._closed:
+                await asyncio.to_thread(self._checkpoint, "PASSIVE")
+
+    def _wal_size(self) -> int:
+        try:
+            return os.path.getsize(self._wal_path)
+        except OSError:
+            return 0
 
     def _checkpoint(self, mode: str) -> None:
         # PASSIVE copies what no reader still needs, without waiting for anyone; the next
@@ -320,6 +341,7 @@ class SQLiteStorage:
             return
         async with self._write_lock:
             await asyncio.to_thread(self._compact, revision)
+        self._compacted = max(self._compacted, revision)
 
     def _compact(self, revision: int) -> None:
         cur = self._wdb.cursor()
@@ -337,8 +359,8 @@ class SQLiteStorage:
         """The committed events after revision from memory; None when memory does not reach back
         that far. Revisions in memory are consecutive: each commit appends the next ones."""
         recent = self._recent
-        if not recent or recent[0].revision > revision + 1:
-            return None
+        if not recent or recent[0].revision > revision + 1 or revision < self._compacted:
+            return None  # the log answers (or says Compacted)
         wanted = recent[-1].revision - revision
         if wanted <= 0:
             return []
@@ -376,4 +398,5 @@ class SQLiteStorage:
         self._checkpoint("TRUNCATE")
         self._db.close()
         self._wdb.close()
-        self._cdb.close()
+        with self._checkpoint_lock:
+            self._cdb.close()

@@ -239,3 +239,39 @@ def test_a_write_checked_against_a_read_never_misses_a_later_commit(tmp_path: Pa
         await s.close()
 
     run(go())
+
+
+def test_watch_cache_passes_over_an_undecodable_value(tmp_path: Path) -> None:
+    # The server never stores what it cannot read back; should a value be unreadable anyway (a
+    # hand-edited database), that one event is reported and skipped and every watch goes on.
+    async def go() -> None:
+        s = SQLiteStorage(str(tmp_path / "db"))
+        cache = WatchCache(s)
+        await cache.start()
+        sub = cache.subscribe("/p/")
+        await s.create("/p/bad", b'{"count": NaN')
+        await s.create("/p/good", b'{"metadata":{}}')
+        change = await asyncio.wait_for(sub.next(), 5)
+        assert (change.key, change.revision) == ("/p/good", 2)
+        await cache.stop()
+        await s.close()
+
+    run(go())
+
+
+def test_a_compacted_revision_is_not_served_from_memory(tmp_path: Path) -> None:
+    async def go() -> None:
+        s = SQLiteStorage(str(tmp_path / "db"))
+        for i in range(5):
+            await s.create(f"/r/{i}", b"v")
+        await s.compact(3)
+        with pytest.raises(Compacted):
+            await s.events_since(1)
+        with pytest.raises(Compacted):
+            async for _ in s.watch(1):
+                pass
+        first = await anext(s.watch(3))
+        assert [e.revision for e in first] == [4, 5]
+        await s.close()
+
+    run(go())
