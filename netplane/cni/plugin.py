@@ -407,6 +407,23 @@ def _configure_container(cont: Netlink, index: int, result: Result) -> LinkInfo 
     return cont.configure_pod(index, [ipc.address for ipc in result.ips], routes, loopback=LOOPBACK_IFINDEX)
 
 
+def _announce(netns_fd: int, link: LinkInfo, result: Result) -> None:
+    """Gratuitous ARP for the pod's IPv4 addresses, as the reference bridge does after ADD: an
+    address released by a deleted pod and handed out again must not stay mapped to the old
+    pod's MAC in the node's and the other pods' neighbour tables. Best effort (so is theirs)."""
+    import ipaddress
+
+    from ..kernel import links
+
+    v4 = [ipc.address.ip for ipc in result.ips if isinstance(ipc.address.ip, ipaddress.IPv4Address)]
+    if not v4:
+        return
+    try:
+        links.send_gratuitous_arp(netns_fd, link.name, link.mac, v4)
+    except (OSError, ValueError) as e:
+        log("gratuitous-arp-failed", ifname=link.name, error=str(e))
+
+
 def _ensure_bridge_addr(host: Netlink, bridge: int, bridge_name: str, gw: Any, force: bool) -> None:
     """The reference ensureAddr: one IPv4 address per bridge; IPv6 ones must not overlap.
 
@@ -465,6 +482,7 @@ def bridge_add(call: Call, conf: cniconfig.NetConf, rt: Runtime) -> Result:
             raise _kernel_error(e, f"cannot configure {call.ifname!r} in {call.netns}") from e
         if cont_link is None or cont_link.name != call.ifname:
             raise CNIError(CODE_NETLINK, f"container interface {call.ifname!r} vanished", call.netns)
+        _announce(fd, cont_link, result)
 
         if conf.is_gateway:
             try:
@@ -490,8 +508,15 @@ def bridge_add(call: Call, conf: cniconfig.NetConf, rt: Runtime) -> Result:
                 raise CNIError(CODE_IPMASQ, "cannot set up ipMasq", str(e)) from e
             undo.callback(_quiet, ipmasq.remove, conf.name, pod_ips)
 
-        # The bridge's MAC may change when its first port joins: report the current one.
         br_now = host.link_by_index(br.index) or br
+        if br_now.mac == host_veth.mac:
+            # A bridge made elsewhere (or by an older netplane) whose MAC follows its ports': it
+            # just took ours and would change again when this pod goes, leaving every pod on it
+            # with a stale gateway MAC. Pin it, as the reference plugin does.
+            try:
+                host.set_mac(br.index, br_now.mac)
+            except KernelError as e:
+                log("bridge-mac-pin-failed", bridge=conf.bridge, error=str(e))
         interfaces = (
             Interface(br_now.name, br_now.mac),
             Interface(host_veth.name, host_veth.mac),
@@ -572,6 +597,8 @@ def bridge_del(call: Call, conf: cniconfig.NetConf, rt: Runtime) -> None:
                 if link.kind == "veth" and _attachment_of(link.alias) == (conf.name, call.container_id,
                                                                           call.ifname):
                     host.delete_link(link.index)
+    if pod_ips:
+        _forget_neighbours(rt, conf, pod_ips)
     if conf.ip_masq:
         from ..kernel import ipmasq
 
@@ -585,6 +612,22 @@ def bridge_del(call: Call, conf: cniconfig.NetConf, rt: Runtime) -> None:
         except ipmasq.IPMasqError as e:
             raise CNIError(CODE_IPMASQ, "cannot tear down ipMasq", str(e)) from e
     return None
+
+
+def _forget_neighbours(rt: Runtime, conf: cniconfig.NetConf, pod_ips: set[IPAddress]) -> None:
+    """Drop the node's neighbour entries for the pod's released addresses (on the bridge, where the
+    node reaches its pods). The next pod given one of them has another MAC, and the node would
+    otherwise keep sending its traffic (kubelet probes, proxied connections) to the old one until
+    the entry expires, 30-60 s. Best effort: a leftover entry only delays, it never misroutes for good."""
+    from ..kernel.links import KernelError
+
+    try:
+        with rt.host() as host:
+            br = host.link(conf.bridge)
+            if br is not None and br.kind == "bridge":
+                host.delete_neighbours(br.index, sorted(pod_ips, key=lambda ip: (ip.version, int(ip))))
+    except KernelError as e:
+        log("neighbour-cleanup-failed", bridge=conf.bridge, error=str(e))
 
 
 def _check_fail(msg: str, details: str = "") -> CNIError:

@@ -117,6 +117,13 @@ def link_info(msg: rtnl.Message) -> LinkInfo:
     )
 
 
+def random_mac() -> bytes:
+    """A random unicast, locally administered MAC (what the kernel's eth_random_addr makes)."""
+    raw = bytearray(os.urandom(6))
+    raw[0] = (raw[0] & 0xFE) | 0x02
+    return bytes(raw)
+
+
 def _cstr(raw: bytes | None) -> str:
     return raw.split(b"\0", 1)[0].decode("utf-8", "replace") if raw else ""
 
@@ -178,11 +185,19 @@ class Netlink:
         return [link_info(m) for m in reply.messages if m.kind == rtnl.RTM_NEWLINK]
 
     def ensure_bridge(self, name: str, mtu: int | None) -> LinkInfo:
-        """The bridge `name`, created if missing (concurrent callers converge), up."""
+        """The bridge `name`, created if missing (concurrent callers converge), up.
+
+        A bridge made here gets a MAC of its own: one whose MAC the kernel assigned takes
+        the lowest MAC of its ports and changes as ports come and go, and every pod then
+        keeps sending to the gateway's old MAC (dropped) until its ARP entry expires.
+        """
         link = self.link(name)
         if link is None:
             # EEXIST: another ADD created it first, fine.
-            self._do(rtnl.new_bridge(name, mtu), ignore=(errno.EEXIST,))
+            create = rtnl.new_bridge(name, mtu)
+            create = rtnl.Request(create.kind, create.flags,
+                                  create.body + rtnl.attr(rtnl.IFLA_ADDRESS, random_mac()), create.what)
+            self._do(create, ignore=(errno.EEXIST,))
             link = self.link(name)
             if link is None:
                 raise KernelError(errno.ENODEV, f"bridge {name!r} vanished after creation")
@@ -219,6 +234,12 @@ class Netlink:
         if get_reply.error or not get_reply.messages:
             raise KernelError(get_reply.error or errno.ENODEV, f"cannot read link {name!r}")
         return link_info(get_reply.messages[0])
+
+    def set_mac(self, index: int, mac: str) -> None:
+        """Set a link's MAC. On a bridge this also pins it: the kernel stops deriving the
+        bridge's MAC from its ports' (it flushes the link's neighbour entries once)."""
+        body = rtnl.ifinfomsg(index) + rtnl.attr(rtnl.IFLA_ADDRESS, bytes.fromhex(mac.replace(":", "")))
+        self._do(rtnl.Request(rtnl.RTM_NEWLINK, 0, body, f"set the MAC of link {index}"))
 
     def set_alias(self, index: int, alias: str) -> None:
         self._do(rtnl.set_link(index, alias=alias))
@@ -305,6 +326,22 @@ class Netlink:
                   advmss: int = 0, priority: int = 0, table: int | None = None, scope: int | None = None) -> None:
         req = _route_request(PodRoute(dst, gw, mtu, advmss, priority, table, scope), oif)
         self._do(req, ignore=(errno.EEXIST,))
+
+    # -- neighbours ----------------------------------------------------------
+    def delete_neighbours(self, index: int, addresses: Sequence[IPAddress]) -> int:
+        """Drop the neighbour (ARP/NDP) entries for `addresses` on link `index`, in one datagram;
+        how many there were (an entry already gone is fine)."""
+        reqs = [_del_neigh_request(index, a) for a in addresses]
+        if not reqs:
+            return 0
+        deleted = 0
+        for req, reply in zip(reqs, self._batch(reqs), strict=True):
+            if reply.error in _GONE or reply.error == errno.ENXIO:
+                continue
+            if reply.error:
+                raise KernelError(reply.error, req.what)
+            deleted += 1
+        return deleted
 
     # -- a pod's side, in one round trip ------------------------------------------
 
@@ -461,6 +498,16 @@ def _dellink_seen(data: bytes, index: int) -> bool:
     return False
 
 
+RTM_DELNEIGH = 29
+NDA_DST = 1
+_NDMSG = struct.Struct("=BxxxiHBB")  # family, ifindex, state, flags, type
+
+
+def _del_neigh_request(index: int, address: IPAddress) -> rtnl.Request:
+    body = _NDMSG.pack(_family(address.version), index, 0, 0, 0) + rtnl.attr(NDA_DST, address.packed)
+    return rtnl.Request(RTM_DELNEIGH, 0, body, f"delete neighbour {address} on link {index}")
+
+
 def _addr_request(index: int, address: IPInterface) -> rtnl.Request:
     broadcast = address.network.broadcast_address.packed if address.version == 4 else None
     return rtnl.new_addr(index, address.ip.packed, address.network.prefixlen, broadcast)
@@ -472,6 +519,45 @@ def _route_request(r: PodRoute, oif: int) -> rtnl.Request:
                           gateway=r.gw.packed if r.gw is not None else None, oif=oif, scope=scope,
                           table=r.table if r.table is not None else RT_TABLE_MAIN, priority=r.priority,
                           mtu=r.mtu, advmss=r.advmss)
+
+
+ETH_P_ARP = 0x0806
+ETH_P_IP = 0x0800
+ARP_REQUEST = 1
+_BROADCAST_MAC = b"\xff" * 6
+
+
+def gratuitous_arp_frame(mac: str, address: ipaddress.IPv4Address) -> bytes:
+    """An Ethernet broadcast ARP request for our own address (sender = target = `address`).
+
+    What the reference bridge plugin sends after configuring a pod's interface: every
+    neighbour that still maps this address to another MAC (a deleted pod's, when the
+    address is reused) updates its entry at once (a gratuitous ARP overrides the entry's
+    locktime); without it the node's probes and peers keep sending to the old MAC
+    until their entry expires, ~30-60 s.
+    """
+    hw = bytes.fromhex(mac.replace(":", ""))
+    if len(hw) != 6:
+        raise ValueError(f"not an Ethernet MAC: {mac!r}")
+    ip = address.packed
+    ether = _BROADCAST_MAC + hw + struct.pack("!H", ETH_P_ARP)
+    arp = struct.pack("!HHBBH", 1, ETH_P_IP, 6, 4, ARP_REQUEST) + hw + ip + _BROADCAST_MAC + ip
+    return ether + arp
+
+
+def send_gratuitous_arp(netns_path_or_fd: str | int, ifname: str, mac: str,
+                        addresses: Sequence[ipaddress.IPv4Address]) -> None:
+    """Announce `addresses` on `ifname` inside that namespace (a raw packet socket made there).
+
+    OSError when the socket cannot be made or the frame not sent; callers treat it as
+    best effort, as the reference plugin does.
+    """
+    with netns.entered(netns_path_or_fd):
+        # Protocol 0: the socket only sends, so it never queues received frames.
+        sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)
+    with sock:
+        for address in addresses:
+            sock.sendto(gratuitous_arp_frame(mac, address), (ifname, ETH_P_ARP))
 
 
 def enable_ip_forward(version: int) -> None:

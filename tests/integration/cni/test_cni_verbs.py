@@ -81,6 +81,67 @@ def test_two_pods_reach_each_other_and_the_gateway(plugin: Plugin, host: Netns,
     assert a.run("busybox", "ping", "-c", "1", "-W", "2", "10.77.0.1").returncode == 0
 
 
+def test_a_reused_address_is_announced_so_neighbours_forget_the_old_mac(plugin: Plugin, host: Netns,
+                                                                        make_pod: Callable[[], Netns]) -> None:
+    """An address a deleted pod had must not stay mapped to its MAC on the host: DEL drops the
+    host's neighbour entry, and ADD announces the new pod's MAC with a gratuitous ARP (as the
+    reference bridge does), so the host reaches the new pod at once, not after the entry expires."""
+    conf = bridge_conf(NET, plugin.data_dir)
+    a, b, keeper = make_pod(), make_pod(), make_pod()
+    # A pod that stays: a bridge whose last port goes loses its carrier, which flushes its neighbours.
+    assert plugin.exec(host, "ADD", conf, container_id="keeper", netns=keeper.path).code == 0
+    res_a = plugin.exec(host, "ADD", conf, container_id="a", netns=a.path)
+    assert res_a.code == 0 and res_a.out is not None
+    ip = res_a.out["ips"][0]["address"].split("/")[0]
+    assert host.run("busybox", "ping", "-c", "1", "-W", "2", ip).returncode == 0  # the host learns a's MAC
+
+    def neighbour_mac() -> str:
+        entries = host.ipj("neigh", "show", "to", ip)
+        return str(entries[0].get("lladdr", "")) if entries else ""
+
+    assert neighbour_mac() == res_a.out["interfaces"][2]["mac"]
+    assert plugin.exec(host, "DEL", with_prev(conf, res_a.out), container_id="a", netns=a.path).code == 0
+    assert neighbour_mac() == ""  # forgotten with the pod
+    res_b = plugin.exec(host, "ADD", conf, container_id="b", netns=b.path, env={"CNI_ARGS": f"IP={ip}"})
+    assert res_b.code == 0 and res_b.out is not None
+    assert res_b.out["ips"][0]["address"].split("/")[0] == ip
+    b_mac = res_b.out["interfaces"][2]["mac"]
+    assert b_mac != res_a.out["interfaces"][2]["mac"]
+    # The announcement may beat the new bridge port to the forwarding state (the kernel enables
+    # the port when it processes the carrier event, a moment later); then no entry is left.
+    assert neighbour_mac() in ("", b_mac)
+    assert host.run("busybox", "ping", "-c", "1", "-W", "1", ip).returncode == 0
+    assert neighbour_mac() == b_mac
+
+
+@pytest.mark.parametrize("made_by", ["plugin", "someone else"])
+def test_the_bridge_mac_stays_put_as_pods_come_and_go(plugin: Plugin, host: Netns,
+                                                      make_pod: Callable[[], Netns], made_by: str) -> None:
+    """A bridge whose MAC the kernel assigned takes its lowest port MAC and changes when that port
+    goes, which leaves every pod with a stale gateway MAC; the plugin pins it (creating it with a MAC
+    of its own, or pinning one made elsewhere at the first ADD), as the reference bridge does."""
+    conf = bridge_conf(NET, plugin.data_dir)
+    if made_by == "someone else":
+        host.ip("link", "add", "np-br0", "type", "bridge")
+    pods = {name: make_pod() for name in ("a", "b", "c")}
+    results = {}
+    for name, pod in pods.items():
+        res = plugin.exec(host, "ADD", conf, container_id=name, netns=pod.path)
+        assert res.code == 0 and res.out is not None
+        results[name] = res.out
+    bridge_mac = host.links()["np-br0"]["address"]
+    # Remove the pods in the order that would move an unpinned bridge's MAC each time; the others
+    # must keep reaching the gateway at the MAC they have cached.
+    remaining = set(results)
+    for name in sorted(results, key=lambda n: results[n]["interfaces"][1]["mac"]):
+        assert plugin.exec(host, "DEL", with_prev(conf, results[name]), container_id=name,
+                           netns=pods[name].path).code == 0
+        remaining.discard(name)
+        assert host.links()["np-br0"]["address"] == bridge_mac
+        for other in sorted(remaining):
+            assert pods[other].run("busybox", "ping", "-c", "1", "-W", "1", "10.77.0.1").returncode == 0
+
+
 def test_add_with_an_existing_ifname_fails_and_leaves_the_first_alone(plugin: Plugin, host: Netns,
                                                                        make_pod: Callable[[], Netns]) -> None:
     pod = make_pod()
@@ -148,13 +209,13 @@ def test_check_passes_then_reports_what_went_missing(plugin: Plugin, host: Netns
 
     pod.ip("route", "del", "default")
     res = plugin.exec(host, "CHECK", checked, container_id="ctr1", netns=pod.path)
-    assert res.error_code == 105 and "route" in res.out["msg"]
+    assert res.error_code == 105 and res.out is not None and "route" in res.out["msg"]
     pod.ip("addr", "flush", "dev", "eth0")
     assert plugin.exec(host, "CHECK", checked, container_id="ctr1", netns=pod.path).error_code == 105
     assert plugin.exec(host, "CHECK", checked, container_id="ctr1", netns=pod.path, ifname="eth9").error_code == 105
     (plugin.data_dir / NET / "10.77.0.2").unlink()
     res = plugin.exec(host, "CHECK", checked, container_id="ctr1", netns=pod.path)
-    assert res.error_code == 105 and "reservation" in res.out["msg"]
+    assert res.error_code == 105 and res.out is not None and "reservation" in res.out["msg"]
 
 
 def test_error_codes_from_the_executable(plugin: Plugin, host: Netns, make_pod: Callable[[], Netns]) -> None:
