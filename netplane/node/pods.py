@@ -293,6 +293,64 @@ def restart_delay(restart_count: int, initial: float = BACKOFF_INITIAL, maximum:
     return float(min(maximum, initial * (2 ** (restart_count - 1))))
 
 
+# -- termination ---------------------------------------------------------------------------
+
+# kubelet's minimumGracePeriodInSeconds: however little of the grace period is left (a preStop
+# hook used it up, or it was 0 to begin with), a container gets this long from SIGTERM to SIGKILL.
+MIN_STOP_GRACE = 2.0
+
+
+class HookError(ValueError):
+    """A lifecycle hook the runtime cannot run (the kubelet records FailedPreStopHook and goes on)."""
+
+
+@dataclass(frozen=True, slots=True)
+class PreStopHook:
+    """A container's ``lifecycle.preStop`` handler: exec, httpGet, or sleep (Kubernetes >= 1.29)."""
+
+    kind: str  # "exec" | "httpGet" | "sleep"
+    action: Mapping[str, Any]
+
+    @staticmethod
+    def parse(container: Mapping[str, Any]) -> PreStopHook | None:
+        """The hook, None when the container has none; HookError when it names no runnable action.
+
+        tcpSocket is accepted by the API for backward compatibility but never runs (kubelet
+        fails it at run time), so it is an error here too.
+        """
+        handler = (container.get("lifecycle") or {}).get("preStop")
+        if not handler:
+            return None
+        for kind in ("exec", "httpGet", "sleep"):
+            action = handler.get(kind)
+            if action is not None:
+                hook = PreStopHook(kind, action)
+                if kind == "sleep":
+                    hook.sleep_seconds()  # validate now, not at deletion
+                elif kind == "exec" and not hook.command():
+                    raise HookError("preStop exec has no command")
+                return hook
+        raise HookError(f"preStop has no supported action (exec, httpGet, sleep): {sorted(handler)}")
+
+    def sleep_seconds(self) -> float:
+        seconds = self.action.get("seconds")
+        if not isinstance(seconds, int) or isinstance(seconds, bool) or seconds < 0:
+            raise HookError(f"preStop sleep.seconds must be a non-negative integer, not {seconds!r}")
+        return float(seconds)
+
+    def command(self) -> list[str]:
+        return [str(c) for c in self.action.get("command") or []]
+
+
+def stop_grace(grace: float, hook_took: float = 0.0) -> float:
+    """Seconds from SIGTERM to SIGKILL when a preStop hook took `hook_took` of the `grace` period.
+
+    kubelet's killContainer: the hook's time comes off the grace period, with a floor of
+    MIN_STOP_GRACE (for a hook that used it all up, its "one-off 2 second extension").
+    """
+    return max(grace - hook_took, MIN_STOP_GRACE)
+
+
 # -- status ------------------------------------------------------------------------------
 
 @dataclass
@@ -325,7 +383,6 @@ class PodView:
     sandbox_ready: bool = False
     failed_reason: str | None = None
     failed_message: str | None = None
-    deleting: bool = False
 
 
 def _container_status(c: ContainerView) -> dict[str, Any]:
@@ -400,7 +457,10 @@ def pod_status(pod: Mapping[str, Any], view: PodView, now: str) -> dict[str, Any
     previous = (pod.get("status") or {}).get("conditions") or []
     phase = pod_phase(view, str(spec.get("restartPolicy") or "Always"))
     containers_ready = bool(view.containers) and all(c.ready for c in view.containers)
-    ready = containers_ready and phase == "Running" and not view.deleting
+    # Not forced false while the pod terminates: the kubelet keeps probing readiness then, so the
+    # endpoint's `serving` stays true through a preStop delay (its `ready` is false from the moment
+    # deletionTimestamp is set: the EndpointSlice controller sees to that).
+    ready = containers_ready and phase == "Running"
     not_ready_reason = None if containers_ready else "ContainersNotReady"
     conditions = [
         _condition("PodReadyToStartContainers", view.sandbox_ready, now, previous),

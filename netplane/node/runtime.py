@@ -15,10 +15,17 @@ One worker task per pod. A pod's life:
 3. status: podIP(s), phase, conditions and containerStatuses are written to
    pods/<name>/status whenever they change; readiness comes from probes;
 4. restarts: per restartPolicy, with kubelet's crash-loop backoff (10 s doubling, 5 min cap);
-5. deletion (deletionTimestamp set): SIGTERM to every container's process group,
-   SIGKILL after the grace period, CNI DEL (prevResult from the ADD's cache),
-   the netns and the state removed, then DELETE with gracePeriodSeconds=0
-   (the kubelet's confirmation), preconditioned on the pod's UID.
+5. deletion (deletionTimestamp set), per container and all at once, as kubelet's
+   killContainer: the ``lifecycle.preStop`` hook (exec inside the pod with the
+   container's env, httpGet, or sleep), bounded by the grace period
+   (``deletionGracePeriodSeconds``, else ``terminationGracePeriodSeconds``, default
+   30) and skipped when that is 0; then SIGTERM to the container's process group
+   and SIGKILL once the rest of the grace period (at least 2 s) has passed.
+   Readiness probes keep running meanwhile (liveness probes stop), so a pod in
+   its preStop delay stays Ready and its endpoint ``serving`` + ``terminating``.
+   Then CNI DEL (prevResult from the ADD's cache), the netns and the state
+   removed, then DELETE with gracePeriodSeconds=0 (the kubelet's confirmation),
+   preconditioned on the pod's UID.
 
 State dir layout: ``pods/<uid>/pod.json`` (sandbox record) and
 ``pods/<uid>/containers/<name>/<restart count>/{pid,exit,log,meta.json}``.
@@ -148,6 +155,8 @@ class ContainerState:
     waiting_message: str | None = None
     readiness: probes.ProbeState | None = None
     liveness: probes.ProbeState | None = None
+    prestop: P.PreStopHook | None = None
+    prestop_error: str | None = None  # a preStop the runtime cannot run: reported when it would run
     ready: bool = False
     started_mono: float = 0.0
     probe_task: asyncio.Task[None] | None = None
@@ -251,6 +260,10 @@ class PodWorker:
             cs.readiness = probes.ProbeState(rp, initial=False) if rp else None
             lp = probes.ProbeSpec.parse(c.get("livenessProbe"))
             cs.liveness = probes.ProbeState(lp, initial=True) if lp else None
+            try:
+                cs.prestop = P.PreStopHook.parse(c)
+            except P.HookError as e:
+                cs.prestop_error = str(e)
             self.containers[name] = cs
         if any(cs.plan_error for cs in self.containers.values()):
             bad = next(cs for cs in self.containers.values() if cs.plan_error)
@@ -399,9 +412,17 @@ class PodWorker:
     def _shim_alive(self, inst: Instance) -> bool:
         return inst.proc is not None and inst.proc.poll() is None
 
+    def _container_env(self, cs: ContainerState) -> dict[str, str]:
+        """The environment a container's command (and its exec hooks) run with."""
+        assert cs.plan is not None and self.sandbox is not None
+        env = dict(P.container_env(self.pod or {}, cs.spec, self.sandbox.ips, self.rt.config.address,
+                                   self.rt.config.kubernetes_service))
+        env.update(dict(cs.plan.env))
+        env.setdefault("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
+        return env
+
     async def start_container(self, cs: ContainerState) -> None:
         assert cs.plan is not None and self.sandbox is not None
-        pod = self.pod or {}
         n = 0 if cs.current is None else cs.current.n + 1
         d = os.path.join(cs.dir, str(n))
         os.makedirs(d, exist_ok=True)
@@ -409,10 +430,7 @@ class PodWorker:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(os.path.join(d, stale))
         logfile = os.path.join(d, "log")
-        env = dict(P.container_env(pod, cs.spec, self.sandbox.ips, self.rt.config.address,
-                                   self.rt.config.kubernetes_service))
-        env.update(dict(cs.plan.env))
-        env.setdefault("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
+        env = self._container_env(cs)
         argv = [P.expand(a, env) for a in cs.plan.argv]
         cmd = self.exec_argv([P.BUSYBOX, "sh", "-c", SHIM, "shim", logfile, d, *argv])
         cwd = str(cs.spec.get("workingDir") or "/")
@@ -479,35 +497,61 @@ class PodWorker:
                                       f"container={cs.name} pod={self.key}")
 
     async def kill_containers(self, grace: float) -> None:
+        """Stop every running container as the kubelet does, all at once: preStop, SIGTERM, SIGKILL."""
         running = [cs for cs in self.containers.values() if cs.current and cs.current.running]
-        for cs in running:
-            assert cs.current is not None
-            if alive(cs.current.pid, cs.current.ticks):
-                with contextlib.suppress(ProcessLookupError, PermissionError):
-                    os.killpg(int(cs.current.pid or 0), signal.SIGTERM)
-        deadline = time.monotonic() + grace
-        while time.monotonic() < deadline:
-            for cs in running:
-                assert cs.current is not None
-                self._check_exit(cs.current)
-            if all(not (cs.current and cs.current.running) for cs in running):
-                break
-            await asyncio.sleep(0.05)
-        for cs in running:
-            inst = cs.current
-            assert inst is not None
-            if inst.running and alive(inst.pid, inst.ticks):
-                log.info("container killed after grace period pod=%s container=%s", self.key, cs.name)
-                with contextlib.suppress(ProcessLookupError, PermissionError):
-                    os.killpg(int(inst.pid or 0), signal.SIGKILL)
-        deadline = time.monotonic() + 5
-        while time.monotonic() < deadline and any(cs.current and cs.current.running and not self._check_exit(cs.current)
-                                                  for cs in running):
-            await asyncio.sleep(0.05)
+        await asyncio.gather(*(self.stop_container(cs, grace) for cs in running))
         for cs in running:
             cs.ready = False
             if cs.current and cs.current.exit_code is None:
                 cs.current.exit_code, cs.current.finished = 137, time.time()
+
+    async def stop_container(self, cs: ContainerState, grace: float) -> None:
+        """kubelet's killContainer: the preStop hook (bounded by the grace period; skipped when it is 0),
+        then SIGTERM, then SIGKILL once what is left of the grace period (at least 2 s) has passed."""
+        inst = cs.current
+        assert inst is not None
+        took = 0.0
+        if grace > 0 and (cs.prestop is not None or cs.prestop_error is not None):
+            started = time.monotonic()
+            await self.run_prestop(cs, grace)
+            took = time.monotonic() - started
+        self._check_exit(inst)
+        if inst.running and alive(inst.pid, inst.ticks):
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(int(inst.pid or 0), signal.SIGTERM)
+        deadline = time.monotonic() + P.stop_grace(grace, took)
+        while inst.running and time.monotonic() < deadline:
+            if not self._check_exit(inst):
+                await asyncio.sleep(0.05)
+        if inst.running and alive(inst.pid, inst.ticks):
+            log.info("container killed after grace period pod=%s container=%s", self.key, cs.name)
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(int(inst.pid or 0), signal.SIGKILL)
+        deadline = time.monotonic() + 5
+        while inst.running and time.monotonic() < deadline:
+            if not self._check_exit(inst):
+                await asyncio.sleep(0.05)
+        cs.ready = False
+        self.wake.set()  # report the stopped container now, not when the pod's last one has stopped
+
+    async def run_prestop(self, cs: ContainerState, grace: float) -> None:
+        """Run the container's preStop hook for at most `grace` seconds. A failing hook is logged
+        (the kubelet's FailedPreStopHook event) and termination goes on."""
+        hook = cs.prestop
+        if hook is None:
+            log.warning("FailedPreStopHook pod=%s container=%s error=%s", self.key, cs.name, cs.prestop_error)
+            return
+        log.info("container preStop hook pod=%s container=%s action=%s", self.key, cs.name, hook.kind)
+        if hook.kind == "sleep":
+            await asyncio.sleep(min(hook.sleep_seconds(), grace))
+            return
+        assert self.sandbox is not None
+        ip = self.sandbox.ips[0] if self.sandbox.ips else "127.0.0.1"
+        spec = probes.ProbeSpec(kind=hook.kind, action=hook.action, timeout=grace)
+        env = self._container_env(cs) if hook.kind == "exec" and cs.plan is not None else None
+        result = await probes.run_probe(spec, ip, cs.spec.get("ports") or [], self._probe_argv, env)
+        if result != probes.SUCCESS:
+            log.warning("FailedPreStopHook pod=%s container=%s action=%s", self.key, cs.name, hook.kind)
 
     # -- probes ---------------------------------------------------------------------------
 
@@ -523,6 +567,8 @@ class PodWorker:
             ports = cs.spec.get("ports") or []
             for kind in ("readiness", "liveness"):
                 state: probes.ProbeState | None = getattr(cs, kind)
+                if kind == "liveness" and self.deleting:
+                    continue  # the kubelet stops liveness probes at deletion; readiness keeps going
                 if state is None or not state.due(cs.started_mono, last[kind], now):
                     continue
                 last[kind] = now
@@ -553,7 +599,7 @@ class PodWorker:
         sb = self.sandbox
         v = P.PodView(pod_ips=list(sb.ips) if sb else [], host_ip=self.rt.config.address,
                       start_time=rfc3339(sb.created) if sb else None,
-                      sandbox_ready=sb is not None and bool(sb.ips), deleting=self.deleting)
+                      sandbox_ready=sb is not None and bool(sb.ips))
         if self.failed:
             v.failed_reason, v.failed_message = self.failed
         for name, cs in self.containers.items():
@@ -663,6 +709,13 @@ class PodWorker:
             await self.teardown_sandbox()
         self.sandbox = None
 
+    async def _report_until(self, done: asyncio.Event) -> None:
+        while not done.is_set():
+            await self.report()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.wake.wait(), TICK)
+            self.wake.clear()
+
     def grace_period(self) -> float:
         meta = (self.pod or {}).get("metadata") or {}
         if meta.get("deletionGracePeriodSeconds") is not None:
@@ -674,7 +727,18 @@ class PodWorker:
     async def terminate(self) -> None:
         grace = self.grace_period()
         log.info("pod terminating pod=%s grace=%.0fs", self.key, grace)
-        await self.kill_containers(grace)
+        # Status keeps flowing while the containers stop (a preStop delay can be long): readiness
+        # probes still run, and a container that exits shows up at once.
+        # Stopped by an event, not cancelled: a cancellation landing inside the API client's request
+        # can be turned into a timeout there and swallowed, and the loop would never end.
+        stopped = asyncio.Event()
+        reporter = asyncio.create_task(self._report_until(stopped), name=f"report-{self.key}")
+        try:
+            await self.kill_containers(grace)
+        finally:
+            stopped.set()
+            self.wake.set()
+            await reporter
         await self.report()
         await self.teardown_sandbox()
         if not self.gone and self.pod is not None:

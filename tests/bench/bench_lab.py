@@ -292,7 +292,9 @@ def main(argv: list[str] | None = None) -> int:
             pods = bench_pods(args.pods, workdir)
         if "throughput" not in skip:
             print(f"\nTCP throughput (iperf3, 1 stream, {args.seconds:g} s x {args.rounds}):", flush=True)
+            load_before = os.getloadavg()
             tput = {b: bench_throughput(b, args.seconds, args.rounds, workdir) for b in ("host-gw", "vxlan")}
+            load_after = os.getloadavg()
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
 
@@ -328,6 +330,9 @@ def main(argv: list[str] | None = None) -> int:
             ratios[backend] = statistics.median(rounds)
             print(f"{backend:<12}{statistics.median(node_bps) / 1e9:>12.2f}{statistics.median(pod_bps) / 1e9:>12.2f}"
                   f"{ratios[backend]:>8.2f}   {' '.join(f'{r:.2f}' for r in rounds)}")
+        # Two shared cores: other work on the machine moves single rounds by +-10%, so say how busy it was.
+        print(f"load average (1/5/15 min) before: {' '.join(f'{x:.2f}' for x in load_before)}, "
+              f"after: {' '.join(f'{x:.2f}' for x in load_after)}")
         goal = ratios["host-gw"] >= 0.9
         ok &= goal
         print(f"goal: host-gw pod-to-pod >= 0.9 of node-to-node: {ratios['host-gw']:.2f} -> "

@@ -199,7 +199,17 @@ class Traffic:
         return {a.pod for a in self.answers if a.pod and a.t >= since}
 
 
-def echo_app(name: str, replicas: int, node_port: int | None = None, **pod_spec: Any) -> list[dict[str, Any]]:
+# The echo server exits at once on SIGTERM, as many servers do; so, as real deployments do, its pods
+# wait in a preStop sleep until every proxy has stopped sending them new connections: longer than
+# the proxies' minimum sync interval (1 s) plus a sync on a busy machine. The grace period only
+# needs to cover that (the server ends the moment SIGTERM comes), so it is short, not 30 s.
+PRESTOP_SECONDS = 3
+GRACE_SECONDS = 10
+
+
+def echo_app(name: str, replicas: int, node_port: int | None = None, prestop_seconds: int | None = PRESTOP_SECONDS,
+             **pod_spec: Any) -> list[dict[str, Any]]:
+    """A Deployment of echo servers behind a Service. `prestop_seconds` None: no preStop hook."""
     svc: dict[str, Any] = {"apiVersion": "v1", "kind": "Service", "metadata": {"name": name},
                            "spec": {"selector": {"app": name},
                                     "ports": [{"name": "http", "port": 80, "targetPort": "http"}]}}
@@ -208,6 +218,9 @@ def echo_app(name: str, replicas: int, node_port: int | None = None, **pod_spec:
         svc["spec"]["ports"][0]["nodePort"] = node_port
     container = {"name": "echo", "image": "netplane/echo-server", "ports": [{"name": "http", "containerPort": 8080}],
                  "readinessProbe": {"httpGet": {"path": "/", "port": "http"}, "periodSeconds": 1}}
+    if prestop_seconds is not None:
+        container["lifecycle"] = {"preStop": {"sleep": {"seconds": prestop_seconds}}}
+    pod_spec.setdefault("terminationGracePeriodSeconds", GRACE_SECONDS)
     dep = {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": name},
            "spec": {"replicas": replicas, "selector": {"matchLabels": {"app": name}},
                     "template": {"metadata": {"labels": {"app": name}},

@@ -22,12 +22,13 @@ import pytest
 
 from netplane.api import resources as res
 from netplane.lab.cluster import netplane_argv
-from tests.lab.conftest import NODES, PODS, LabCluster, Traffic, echo_app, lab_cluster, wait_for
+from tests.lab.conftest import NODES, PODS, PRESTOP_SECONDS, LabCluster, Traffic, echo_app, lab_cluster, wait_for
 
 DRAIN_NODE_PORT = 30210
 FAIL_NODE_PORT = 30211
 STEADY_NODE_PORT = 30212
-# How long after a drain requests may still fail: the proxies' minimum sync interval (1 s) and a sync.
+# How long after a drain the drained pod may still answer: the proxies' minimum sync interval (1 s)
+# and a sync.
 SETTLE = 3.0
 
 
@@ -131,13 +132,15 @@ def test_drain_moves_traffic_to_remaining_pods(lab: LabCluster) -> None:
         with Traffic(c, c.netns_of(client_pod), cluster_ip_url) as via_cip, Traffic(c, ext, node_port_url) as via_np:
             via_cip.wait_answers(5)
             via_np.wait_answers(5)
+            drain_started = time.monotonic()
             proc = netplane_in_cp(c, "drain", "n2", "--timeout", "60s")
             assert proc.returncode == 0, proc.stderr
             assert f"pod/{victim} evicted" in proc.stdout
-            # The pod goes (SIGTERM, CNI DEL, gone from the API) faster than the proxies' minimum sync
-            # interval (1 s, kube-proxy's default), so requests sent meanwhile may still be DNATed to it
-            # and fail: Kubernetes has the same race, which apps close with a preStop delay. From a
-            # moment later on, every request must succeed and none may reach the drained pod.
+            # The echo server exits the moment SIGTERM comes, faster than the proxies' minimum sync
+            # interval (1 s, kube-proxy's default): the preStop sleep keeps it serving until every
+            # proxy has dropped it (its endpoint is terminating, not ready, from the eviction on), so no
+            # request may fail. From a moment after the drain on, none may reach the drained pod.
+            assert time.monotonic() - drain_started >= PRESTOP_SECONDS, "the drain did not wait for the preStop"
             settled = time.monotonic() + SETTLE
             moved = wait_for("3 ready pods off n2",
                              lambda: (lambda ps: ps if len(ps) == 3 and not on_node(ps, "n2") else None)(
@@ -150,9 +153,7 @@ def test_drain_moves_traffic_to_remaining_pods(lab: LabCluster) -> None:
             via_np.wait_answers(20)
         for traffic in (via_cip, via_np):
             print(f"{traffic.url}: {len(traffic.answers)} requests, {len(traffic.failures())} failed")
-            late = traffic.failures(since=settled)
-            assert not late, f"{traffic.url} failed {SETTLE:.0f}s after the drain finished: {late[:3]}"
-            assert len(traffic.failures()) <= 5, f"{traffic.url}: {traffic.failures()}"
+            assert not traffic.failures(), f"{traffic.url} failed during the drain: {traffic.failures()[:3]}"
             assert victim not in traffic.pods(since=settled), f"{victim} still answered {traffic.url} after the drain"
             assert traffic.pods(since=settled) <= names(moved)
         assert via_cip.pods(since=settled) == names(moved), "the ClusterIP did not reach every remaining pod"

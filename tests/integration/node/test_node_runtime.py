@@ -103,3 +103,49 @@ def test_exit_while_the_agent_is_down_is_reported_after_restart(cluster: Cluster
     wait_for("Failed after restart", lambda: _status(cluster, "short").get("phase") == "Failed", 30)
     term = _status(cluster, "short")["containerStatuses"][0]["state"]["terminated"]
     assert term["exitCode"] == 7 and term["reason"] == "Error"
+
+
+def _ready(pod: dict | None) -> bool:
+    return any(c.get("type") == "Ready" and c.get("status") == "True"
+               for c in ((pod or {}).get("status") or {}).get("conditions") or [])
+
+
+def test_prestop_hooks_run_before_sigterm(cluster: Cluster) -> None:
+    """kubelet's order on deletion: preStop (exec in the pod with its env, or sleep), then SIGTERM;
+    the pod stays Ready meanwhile, and the whole thing ends well before the grace period."""
+    import time
+
+    assert cluster.api is not None
+    api = cluster.api
+    cluster.start_agent("n1")
+    cluster.wait_ready("n1")
+    journal = cluster.tmp / "journal"
+    trap = f"trap 'echo TERM >> {journal}; exit 0' TERM; echo up; while true; do sleep 0.1; done"
+    hooked = pod_manifest("hooked", "n1", image="busybox", command=["sh", "-c", trap], grace=20)
+    hooked["spec"]["containers"][0]["lifecycle"] = {"preStop": {"exec": {"command": [
+        "sh", "-c", f"echo prestop $POD_NAME >> {journal}; ip -o -4 addr show eth0 >> {journal}; sleep 1"]}}}
+    sleepy = pod_manifest("sleepy", "n1", image="busybox", command=["sleep", "3600"], grace=20)
+    sleepy["spec"]["containers"][0]["lifecycle"] = {"preStop": {"sleep": {"seconds": 3}}}
+    api.create_pod(hooked)
+    api.create_pod(sleepy)
+    wait_for("both pods to be Ready", lambda: _ready(api.pod("hooked")) and _ready(api.pod("sleepy")), 30)
+    pod_ip = api.pod("hooked")["status"]["podIP"]
+
+    started = time.monotonic()
+    api.delete_pod("hooked")
+    api.delete_pod("sleepy")
+    # During the preStop sleep the pod is terminating, yet still Ready (readiness is orthogonal to
+    # deletion; the EndpointSlice marks it serving + terminating, not ready).
+    wait_for("sleepy's hook to start", lambda: "preStop hook pod=default/sleepy" in cluster.agents["n1"].log(), 10)
+    terminating = api.pod("sleepy")
+    assert terminating["metadata"].get("deletionTimestamp") and _ready(terminating)
+    wait_for("hooked to go", lambda: api.pod("hooked") is None, 15)
+    lines = journal.read_text().splitlines()
+    assert lines[0] == "prestop hooked", lines  # the hook ran first, with the container's env ...
+    assert pod_ip in lines[1], lines  # ... inside the pod's network namespace
+    assert lines[2:] == ["TERM"], lines  # and SIGTERM came after it
+    wait_for("sleepy to go", lambda: api.pod("sleepy") is None, 15)
+    took = time.monotonic() - started
+    assert 3.0 <= took < 15, took  # the 3 s sleep, then SIGTERM ended it (no wait for the 20 s grace)
+    log = cluster.agents["n1"].log()
+    assert "preStop hook" in log and "killed after grace period" not in log

@@ -171,3 +171,61 @@ def test_plan_sync() -> None:
 
 def test_netns_name() -> None:
     assert P.netns_name("np-pod-", "1234abcd-ef01-...") == "np-pod-1234abcd"
+
+
+# -- termination ---------------------------------------------------------------------------------
+
+
+def test_terminating_pod_stays_ready_while_its_containers_are() -> None:
+    """The kubelet keeps probing readiness during termination: Ready follows the containers, so the
+    endpoint is serving (and terminating) through a preStop delay."""
+    deleting = {"metadata": {"deletionTimestamp": "T"}, "spec": {}, "status": {}}
+    st = P.pod_status(deleting, _view(P.ContainerView("main", "nginx", running=True, ready=True)), "T")
+    assert next(x for x in st["conditions"] if x["type"] == "Ready")["status"] == "True"
+    exited = P.ContainerView("main", "nginx", exit_code=0, ready=False)
+    st = P.pod_status(deleting, _view(exited), "T")
+    assert next(x for x in st["conditions"] if x["type"] == "Ready")["status"] == "False"
+
+
+@pytest.mark.parametrize(("lifecycle", "kind", "detail"), [
+    ({"preStop": {"sleep": {"seconds": 5}}}, "sleep", 5.0),
+    ({"preStop": {"sleep": {"seconds": 0}}}, "sleep", 0.0),
+    ({"preStop": {"exec": {"command": ["sh", "-c", "sleep 1"]}}}, "exec", ["sh", "-c", "sleep 1"]),
+    ({"preStop": {"httpGet": {"path": "/drain", "port": 8080}}}, "httpGet", None),
+])
+def test_prestop_hook_parse(lifecycle: dict[str, Any], kind: str, detail: Any) -> None:
+    hook = P.PreStopHook.parse({"name": "c", "lifecycle": lifecycle})
+    assert hook is not None and hook.kind == kind
+    if kind == "sleep":
+        assert hook.sleep_seconds() == detail
+    if kind == "exec":
+        assert hook.command() == detail
+
+
+def test_no_prestop_hook() -> None:
+    assert P.PreStopHook.parse({"name": "c"}) is None
+    assert P.PreStopHook.parse({"name": "c", "lifecycle": {"postStart": {"sleep": {"seconds": 1}}}}) is None
+
+
+@pytest.mark.parametrize(("pre_stop", "message"), [
+    ({"sleep": {"seconds": -1}}, "non-negative integer"),
+    ({"sleep": {"seconds": "5"}}, "non-negative integer"),
+    ({"sleep": {}}, "non-negative integer"),
+    ({"exec": {"command": []}}, "no command"),
+    ({"tcpSocket": {"port": 80}}, "no supported action"),
+])
+def test_prestop_hooks_the_runtime_cannot_run_are_named(pre_stop: dict[str, Any], message: str) -> None:
+    with pytest.raises(P.HookError, match=message):
+        P.PreStopHook.parse({"name": "c", "lifecycle": {"preStop": pre_stop}})
+
+
+@pytest.mark.parametrize(("grace", "took", "left"), [
+    (30, 0, 30),  # no hook: the whole grace period
+    (30, 5, 25),  # a 5 s preStop sleep comes off it
+    (10, 10, 2),  # a hook that used it all up: kubelet's 2 s floor
+    (5, 9, 2),
+    (0, 0, 2),  # even a zero grace period gives SIGTERM 2 s before SIGKILL (as the kubelet does)
+    (1, 0, 2),
+])
+def test_stop_grace(grace: float, took: float, left: float) -> None:
+    assert P.stop_grace(grace, took) == left
