@@ -3,12 +3,15 @@
 # The usual filesystems, the guest kernel's modules at /lib/modules, loopback up, IPVS loaded, then the
 # job (written by tests/vm/harness.py) with its output and exit status left in the results share.
 R=/.netplane-vm
-export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin HOME=/root TMPDIR=/tmp
+export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin HOME=/root TMPDIR=/.netplane-tmp
 export NETPLANE_VM_RESULTS=$R NETPLANE_IN_VM=1
 mount -t proc proc /proc
 mount -t sysfs sys /sys
 mount -t tmpfs -o mode=755 tmpfs /run
-mount -t tmpfs tmpfs /tmp
+# Temporary files on a tmpfs of their own, not over /tmp: the checkout under test may live in the
+# host's /tmp (a CI clone), and the guest must see it there.
+mkdir -p /.netplane-tmp
+mount -t tmpfs -o mode=1777 tmpfs /.netplane-tmp
 mkdir -p /dev/pts /dev/shm
 mount -t devpts devpts /dev/pts
 mount -t tmpfs tmpfs /dev/shm
