@@ -11,7 +11,6 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +18,7 @@ import pytest
 
 from netplane.proxy.fixtures import endpoint_slice, service
 from tests.integration.proxy.topology import Topology, sh, wait_for
-from tests.support.server import ServerProcess, start_server
+from tests.support.server import ServerProcess
 
 pytestmark = [pytest.mark.root, pytest.mark.prerequisite_missing(os.geteuid() != 0, reason="needs root")]
 
@@ -79,30 +78,22 @@ class Daemon:
                 self.proc.wait(timeout=5)
 
 
-@pytest.fixture
-def server(tmp_path: Path) -> Iterator[ServerProcess]:
-    srv = start_server(tmp_path / "state")
-    try:
-        yield srv
-    finally:
-        srv.kill()
-
 
 @pytest.mark.parametrize("mode", ["iptables", "nftables"])
 def test_daemon_programs_changes_and_survives_restart_and_server_loss(
-        topo: Topology, server: ServerProcess, mode: str, tmp_path: Path) -> None:
+        topo: Topology, state_server: ServerProcess, mode: str, tmp_path: Path) -> None:
     sh("ip", "netns", "exec", topo.node1, "nft", "flush", "ruleset")
     svc = service("dmn", "10.96.0.99")
-    status, text = request(f"{server.url}/api/v1/namespaces/default/services", "POST", svc)
+    status, text = request(f"{state_server.url}/api/v1/namespaces/default/services", "POST", svc)
     assert status == 201, text
-    put_slice(server.url, [(A, "n1")])
-    daemon = Daemon(server.url, topo.node1, mode, tmp_path)
+    put_slice(state_server.url, [(A, "n1")])
+    daemon = Daemon(state_server.url, topo.node1, mode, tmp_path)
     try:
         first = wait_for(lambda: topo.one("pb", "tcp", "10.96.0.99", 80).get("server") == A, timeout=20)
         assert first, daemon.log.read_text()
         assert request(f"http://127.0.0.1:{daemon.healthz}/healthz")[0] == 200
         # An endpoint change reaches the kernel through watch -> tracker -> partial sync.
-        put_slice(server.url, [(B, "n1")])
+        put_slice(state_server.url, [(B, "n1")])
         assert wait_for(lambda: topo.one("pb", "tcp", "10.96.0.99", 80).get("server") == B, timeout=10)
         metrics = request(f"http://127.0.0.1:{daemon.metrics}/metrics")[1]
         assert "kubeproxy_sync_partial_proxy_rules_duration_seconds_count" in metrics
@@ -111,7 +102,7 @@ def test_daemon_programs_changes_and_survives_restart_and_server_loss(
         try:
             assert session.ask("tcp-open 10.96.0.99 80")["server"] == B
             daemon.stop()
-            daemon = Daemon(server.url, topo.node1, mode, tmp_path)
+            daemon = Daemon(state_server.url, topo.node1, mode, tmp_path)
             synced = "kubeproxy_sync_full_proxy_rules_duration_seconds_count 1"
             assert wait_for(lambda: synced in request(f"http://127.0.0.1:{daemon.metrics}/metrics")[1],
                             timeout=20), daemon.log.read_text()
@@ -119,7 +110,7 @@ def test_daemon_programs_changes_and_survives_restart_and_server_loss(
         finally:
             session.close()
         # The state server goes away: rules stay as they are.
-        server.kill(signal.SIGKILL)
+        state_server.kill(signal.SIGKILL)
         assert wait_for(lambda: "cannot reach the server" in daemon.log.read_text(), timeout=10)
         assert request(f"http://127.0.0.1:{daemon.healthz}/healthz")[0] == 200
         assert topo.one("pb", "tcp", "10.96.0.99", 80).get("server") == B

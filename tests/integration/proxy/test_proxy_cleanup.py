@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 import subprocess
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -26,24 +26,13 @@ from netplane.proxy.proxier import IptablesBackend, Proxier
 from netplane.proxy.state import ProxyConfig
 from tests.integration.proxy.test_proxy_daemon import Daemon, put_slice, request
 from tests.integration.proxy.topology import CLUSTER_CIDR, NODE1_IP, Topology, sh, wait_for
-from tests.support.server import ServerProcess, start_server
+from tests.support.server import ServerProcess
 from tests.unit.proxy.ipvs_fakes import FakeIpvs
 
 pytestmark = [pytest.mark.root, pytest.mark.prerequisite_missing(os.geteuid() != 0, reason="needs root")]
 
 A, B = "10.244.1.2", "10.244.1.3"
 
-
-@pytest.fixture(scope="module")
-def topo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Topology]:
-    os.environ.setdefault("XTABLES_LOCKFILE", str(tmp_path_factory.mktemp("xtables") / "xtables.lock"))
-    t = Topology()
-    try:
-        t.create()
-        t.start_servers()
-        yield t
-    finally:
-        t.destroy()
 
 
 @pytest.fixture
@@ -86,23 +75,16 @@ def assert_no_ipvs_mode(ns: str) -> None:
     assert "NPV-" not in s and ipvs.DEVICE not in s, s
 
 
-@pytest.fixture
-def server(tmp_path: Path) -> Iterator[ServerProcess]:
-    srv = start_server(tmp_path / "state")
-    try:
-        yield srv
-    finally:
-        srv.kill()
-
 
 def test_daemon_switching_modes_removes_the_previous_modes_rules(
-        topo: Topology, node: str, server: ServerProcess, tmp_path: Path) -> None:
-    status, text = request(f"{server.url}/api/v1/namespaces/default/services", "POST", service("dmn", "10.96.0.99"))
+        topo: Topology, node: str, state_server: ServerProcess, tmp_path: Path) -> None:
+    status, text = request(f"{state_server.url}/api/v1/namespaces/default/services", "POST",
+                           service("dmn", "10.96.0.99"))
     assert status == 201, text
-    put_slice(server.url, [(A, "n1")])
+    put_slice(state_server.url, [(A, "n1")])
     endpoint = A
     for previous, mode in (("iptables", "nftables"), ("nftables", "iptables")):
-        endpoint = switch(topo, node, server, tmp_path, previous, mode, endpoint)
+        endpoint = switch(topo, node, state_server, tmp_path, previous, mode, endpoint)
         assert_others_kept(node)
 
 
