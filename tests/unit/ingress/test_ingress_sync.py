@@ -324,10 +324,16 @@ def test_an_exited_worker_not_yet_reaped_counts_as_retired_and_not_as_serving() 
     if pid == 0:
         os._exit(0)
     try:
+        def state() -> str:
+            return Path(f"/proc/{pid}/stat").read_text().split(") ")[1][0]
+
         deadline = time.monotonic() + 10
-        while Path(f"/proc/{pid}/cmdline").read_bytes() and time.monotonic() < deadline:
-            time.sleep(0.005)  # until the child has exited (a zombie: we do not reap it yet)
-        assert Path(f"/proc/{pid}/stat").read_text().split(") ")[1].startswith("Z")
+        # Until the child is a zombie (we do not reap it yet). Its command line empties a little
+        # earlier, while it is still exiting (R), so the state is what to wait on.
+        while state() != "Z" and time.monotonic() < deadline:
+            time.sleep(0.005)
+        assert state() == "Z"
+        assert Path(f"/proc/{pid}/cmdline").read_bytes() == b""
         assert _retired(pid) and not _serving(pid)
     finally:
         os.waitpid(pid, 0)
