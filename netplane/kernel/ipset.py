@@ -36,6 +36,8 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
+from netplane.kernel import rtnl
+
 DEFAULT_TIMEOUT = 120.0
 
 
@@ -114,9 +116,7 @@ def describe(code: int) -> str:
     return ERRORS.get(code) or os.strerror(code)
 
 
-def nla(kind: int, payload: bytes) -> bytes:
-    length = 4 + len(payload)
-    return struct.pack("=HH", length, kind) + payload + b"\0" * (-length % 4)
+nla = rtnl.attr
 
 
 # Fixed-layout attributes packed in one call each: a sync encodes ~100k members, and at that count the
@@ -404,13 +404,10 @@ class Ipset:
         try:
             sock.sendall(struct.pack("=IHHII", 16 + len(list_names_message()), message_type(CMD_LIST),
                                      NLM_F_REQUEST | NLM_F_DUMP, 1, 0) + list_names_message())
+            from netplane.kernel.ipvs import netlink_messages, parse_attrs
+
             while True:
-                data = sock.recv(1 << 20)
-                offset = 0
-                while offset + 16 <= len(data):
-                    length, msg_type, _, _, _ = struct.unpack_from("=IHHII", data, offset)
-                    payload = data[offset + 16:offset + length]
-                    offset += max(length, 16) + (-length % 4)
+                for msg_type, _, payload in netlink_messages(sock.recv(1 << 20)):
                     if msg_type == NLMSG_DONE:
                         return [n for n in names if n.startswith(prefix)]
                     if msg_type == NLMSG_ERROR:
@@ -421,8 +418,6 @@ class Ipset:
                             return []  # no ipset in this kernel
                         raise IpsetError(f"listing ipsets failed: {describe(-code)}", -code)
                     if msg_type == message_type(CMD_LIST):
-                        from netplane.kernel.ipvs import parse_attrs
-
                         raw = parse_attrs(payload, 4).get(ATTR_SETNAME, b"")
                         name = raw.split(b"\0", 1)[0].decode(errors="replace")
                         if name and name not in names:

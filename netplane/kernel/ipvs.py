@@ -27,11 +27,11 @@ import errno
 import os
 import socket
 import struct
-from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
-from . import netns
+from . import netns, rtnl
 
 NETLINK_GENERIC = 16
 PROTOCOL_NUMBERS = {"TCP": socket.IPPROTO_TCP, "UDP": socket.IPPROTO_UDP, "SCTP": 132}
@@ -155,9 +155,7 @@ RCVBUF = 4 << 20
 SO_RCVBUFFORCE = 33
 
 
-def _nla(kind: int, payload: bytes) -> bytes:
-    length = 4 + len(payload)
-    return struct.pack("=HH", length, kind) + payload + b"\0" * (-length % 4)
+_nla = rtnl.attr
 
 
 def _service_nla(vs: VirtualServer | VirtualServerKey) -> bytes:
@@ -192,6 +190,15 @@ def ipvs_message_body(op: IpvsOp) -> bytes:
 def address_message_body(index: int, address: str) -> bytes:
     raw = socket.inet_aton(address)
     return struct.pack("=BBBBI", socket.AF_INET, 32, 0, 0, index) + _nla(IFA_LOCAL, raw) + _nla(IFA_ADDRESS, raw)
+
+
+def netlink_messages(data: bytes) -> Iterator[tuple[int, int, bytes]]:
+    """(type, sequence number, payload) of each netlink message in one received datagram."""
+    offset = 0
+    while offset + 16 <= len(data):
+        length, msg_type, _, seq, _ = struct.unpack_from("=IHHII", data, offset)
+        yield msg_type, seq, data[offset + 16:offset + length]
+        offset += max(length, 16) + (-length % 4)
 
 
 def parse_attrs(data: bytes, offset: int = 0) -> dict[int, bytes]:
@@ -280,16 +287,12 @@ def send_batched(sock: socket.socket, requests: Sequence[NetlinkRequest], seq_st
             i += 1
         sock.sendall(b"".join(chunk))
         while pending:
-            data = sock.recv(1 << 20)
-            offset = 0
-            while offset + 16 <= len(data):
-                length, msg_type, _, msg_seq, _ = struct.unpack_from("=IHHII", data, offset)
+            for msg_type, msg_seq, payload in netlink_messages(sock.recv(1 << 20)):
                 if msg_type == NLMSG_ERROR and msg_seq in pending:
-                    (code,) = struct.unpack_from("=i", data, offset + 16)
+                    (code,) = struct.unpack_from("=i", payload)
                     req = pending.pop(msg_seq)
                     if code and -code not in req.tolerated and first_error is None:
-                        first_error = (req, -code, data[offset + 16:offset + length])
-                offset += max(length, 16) + (-length % 4)
+                        first_error = (req, -code, payload)
     if first_error is not None:
         raise error(*first_error)
     return len(requests)
@@ -339,12 +342,7 @@ class Ipvs:
         sock.sendall(struct.pack("=IHHII", 16 + len(body), int(self._ipvs.prid), flags, self._seq, 0) + body)
         out: list[bytes] = []
         while True:
-            data = sock.recv(1 << 20)
-            offset = 0
-            while offset + 16 <= len(data):
-                length, msg_type, _, seq, _ = struct.unpack_from("=IHHII", data, offset)
-                payload = data[offset + 16:offset + length]
-                offset += max(length, 16) + (-length % 4)
+            for msg_type, seq, payload in netlink_messages(sock.recv(1 << 20)):
                 if seq != self._seq:
                     continue
                 if msg_type == NLMSG_DONE:
