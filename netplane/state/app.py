@@ -59,10 +59,11 @@ class StateServer:
                 self._stack.push_async_callback(controller.stop)
         api = APIServer(registry, advertise=f"{cfg.listen_host}:{cfg.listen_port}")
         # handler_cancellation: a watch whose client went away is cancelled instead of idling.
-        runner = web.AppRunner(api.app(), access_log=None, handle_signals=False, handler_cancellation=True,
-                               shutdown_timeout=5.0)
+        runner = web.ServerRunner(api.web_server(access_log=None, handler_cancellation=True),
+                                  handle_signals=False, shutdown_timeout=5.0)
         await runner.setup()
         self._stack.push_async_callback(runner.cleanup)
+        self._stack.callback(api.end_watches)  # before the cleanup above: shutdown need not wait for them
         site = web.TCPSite(runner, cfg.listen_host, cfg.listen_port, reuse_address=True)
         await site.start()
         sockets = getattr(site._server, "sockets", None) or []

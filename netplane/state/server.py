@@ -12,7 +12,6 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import unquote
@@ -98,24 +97,27 @@ class APIServer:
         self.bookmark_interval = bookmark_interval
         self._watches: set[asyncio.Task[Any]] = set()
 
-    def app(self) -> web.Application:
-        app = web.Application(client_max_size=MAX_BODY, middlewares=[self._errors])
-        app.router.add_route("*", "/{tail:.*}", self.dispatch)
-        app.on_shutdown.append(self._end_watches)
-        return app
+    def web_server(self, **kwargs: Any) -> web.Server:
+        """aiohttp's low-level server: every path goes to `handle` (the API routes itself), so an
+        Application's router, middleware chain and per-request app bookkeeping would only add cost
+        to each request (about 7% of the server's CPU per write)."""
+        return web.Server(self.handle, request_factory=self._make_request, **kwargs)
 
-    async def _end_watches(self, _app: web.Application) -> None:
+    @staticmethod
+    def _make_request(message: Any, payload: Any, protocol: Any, writer: Any,
+                      task: asyncio.Task[None]) -> web.BaseRequest:
+        return web.BaseRequest(message, payload, protocol, writer, task, asyncio.get_running_loop(),
+                               client_max_size=MAX_BODY)
+
+    def end_watches(self) -> None:
         # Watches never finish by themselves: end them so shutdown does not wait for its timeout.
         for task in list(self._watches):
             task.cancel()
 
-    @web.middleware
-    async def _errors(
-        self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
-    ) -> web.StreamResponse:
+    async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
         started = time.monotonic()
         try:
-            resp = await handler(request)
+            resp = await self.dispatch(request)
         except APIError as e:
             resp = status_response(e)
         except web.HTTPRequestEntityTooLarge:
@@ -128,7 +130,7 @@ class APIServer:
                       resp.status, (time.monotonic() - started) * 1000)
         return resp
 
-    async def dispatch(self, request: web.Request) -> web.StreamResponse:
+    async def dispatch(self, request: web.BaseRequest) -> web.StreamResponse:
         path = request.path.rstrip("/") or "/"
         parts = [unquote(p) for p in path.strip("/").split("/")] if path != "/" else []
         if request.method not in ("GET", "HEAD") and path in (
@@ -164,7 +166,7 @@ class APIServer:
         target, legacy_watch = resolved
         return await self._resource(request, target, legacy_watch)
 
-    def _openapi(self, request: web.Request, parts: list[str]) -> web.Response:
+    def _openapi(self, request: web.BaseRequest, parts: list[str]) -> web.Response:
         from netplane.api import openapi
 
         if parts == ["openapi", "v2"]:
@@ -182,7 +184,7 @@ class APIServer:
 
     # -- resources ------------------------------------------------------------------
 
-    async def _resource(self, request: web.Request, t: Target, legacy_watch: bool) -> web.StreamResponse:
+    async def _resource(self, request: web.BaseRequest, t: Target, legacy_watch: bool) -> web.StreamResponse:
         q = request.query
         dry_run = q.get("dryRun") == "All"
         # kube's default is Warn; kubectl asks for Strict when the OpenAPI document offers it.
@@ -201,7 +203,7 @@ class APIServer:
         return resp
 
     async def _resource_verb(
-        self, request: web.Request, t: Target, legacy_watch: bool, dry_run: bool, fv: str
+        self, request: web.BaseRequest, t: Target, legacy_watch: bool, dry_run: bool, fv: str
     ) -> web.StreamResponse:
         m = request.method
         q = request.query
@@ -242,7 +244,7 @@ class APIServer:
             return json_response(obj, 200 if gone_now else 202)
         raise APIError(405, "the server does not allow this method on the requested resource")
 
-    async def _body(self, request: web.Request) -> Any:
+    async def _body(self, request: web.BaseRequest) -> Any:
         ctype = request.headers.get("Content-Type", JSON).split(";")[0].strip().lower()
         raw = await request.read()
         if not raw:
@@ -263,7 +265,7 @@ class APIServer:
                             f" application/json, application/yaml, {protobuf.MEDIA_TYPE} (got {ctype})",
                        "UnsupportedMediaType")
 
-    async def _delete_options(self, request: web.Request) -> dict[str, Any]:
+    async def _delete_options(self, request: web.BaseRequest) -> dict[str, Any]:
         options: dict[str, Any] = {}
         raw = await request.read()
         if raw:
@@ -286,7 +288,7 @@ class APIServer:
             raise bad_request(f"propagationPolicy {pol!r} is not one of Orphan, Background, Foreground")
         return options
 
-    def _selectors(self, request: web.Request, info: ResourceInfo) -> tuple[LabelSelector | None,
+    def _selectors(self, request: web.BaseRequest, info: ResourceInfo) -> tuple[LabelSelector | None,
                                                                              FieldSelector | None]:
         q = request.query
         ls = fs = None
@@ -299,7 +301,7 @@ class APIServer:
             raise bad_request(str(e)) from None
         return ls, fs
 
-    def _render(self, request: web.Request, info: ResourceInfo, obj: dict[str, Any]) -> web.Response:
+    def _render(self, request: web.BaseRequest, info: ResourceInfo, obj: dict[str, Any]) -> web.Response:
         accept = request.headers.get("Accept", "")
         if "as=Table" in accept:
             from netplane.api import tables
@@ -309,10 +311,10 @@ class APIServer:
         return json_response(obj)
 
     @staticmethod
-    def _include(request: web.Request) -> str:
+    def _include(request: web.BaseRequest) -> str:
         return request.query.get("includeObject", "Metadata")
 
-    async def _list(self, request: web.Request, t: Target) -> web.Response:
+    async def _list(self, request: web.BaseRequest, t: Target) -> web.Response:
         ls, fs = self._selectors(request, t.info)
         try:
             limit = int(request.query.get("limit", "0") or 0)
@@ -328,7 +330,7 @@ class APIServer:
                                                      list_meta=lst["metadata"]))
         return json_response(lst)
 
-    async def _delete_collection(self, request: web.Request, t: Target) -> web.Response:
+    async def _delete_collection(self, request: web.BaseRequest, t: Target) -> web.Response:
         ls, fs = self._selectors(request, t.info)
         options = await self._delete_options(request)
         lst = await self.registry.list(t.info, t.namespace, ls, fs)
@@ -340,7 +342,7 @@ class APIServer:
         lst["items"] = deleted
         return json_response(lst)
 
-    async def _watch(self, request: web.Request, t: Target, name: str | None = None) -> web.StreamResponse:
+    async def _watch(self, request: web.BaseRequest, t: Target, name: str | None = None) -> web.StreamResponse:
         ls, fs = self._selectors(request, t.info)
         if name is not None:
             extra = FieldSelector.parse(f"metadata.name={name}", t.info)
