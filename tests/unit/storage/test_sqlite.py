@@ -211,15 +211,39 @@ async def _list_all(tmp_path: Path) -> list[object]:
     return list(records)
 
 
+def test_point_reads_from_memory_match_the_file_after_a_restart(tmp_path: Path) -> None:
+    # Gets are answered from the in-memory copy of the committed objects: reopening the file must
+    # rebuild exactly what was committed (values and both revisions), deleted keys included.
+    async def go() -> None:
+        path = str(tmp_path / "db")
+        s = SQLiteStorage(path)
+        await s.create("/k/a", b"a1")
+        await s.create("/k/b", b"b1")
+        await s.update("/k/a", b"a2")
+        await s.delete("/k/b")
+        await s.create("/k/c", b"c1")
+        before = [await s.get(k) for k in ("/k/a", "/k/b", "/k/c")]
+        listed, _ = await s.list("/k/")
+        await s.close()
+        s = SQLiteStorage(path)
+        after = [await s.get(k) for k in ("/k/a", "/k/b", "/k/c")]
+        assert before == after == [listed[0], None, listed[1]]
+        a = after[0]
+        assert a is not None and (a.value, a.create_revision, a.mod_revision) == (b"a2", 1, 3)
+        await s.close()
+
+    run(go())
+
+
 def test_a_write_checked_against_a_read_never_misses_a_later_commit(tmp_path: Path) -> None:
-    # The conditional write may reuse the record just read (no second SELECT), but only while nothing
-    # has been staged or committed since: a stale expectation still fails.
+    # A conditional write is checked against the newest committed or staged state, never against
+    # what an earlier read returned: a stale expectation fails.
     async def go() -> None:
         s = SQLiteStorage(str(tmp_path / "db"))
         r1 = await s.create("/k", b"1")
         rec = await s.get("/k")
         assert rec is not None and rec.mod_revision == r1
-        r2 = await s.update("/k", b"2", expected_revision=rec.mod_revision)  # reuses the read
+        r2 = await s.update("/k", b"2", expected_revision=rec.mod_revision)
         stale = await s.get("/k")
         assert stale is not None and stale.mod_revision == r2
         await s.update("/k", b"3")  # committed after that read
