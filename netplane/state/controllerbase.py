@@ -99,6 +99,8 @@ class Controller:
     """Shared life cycle: subscribe to the watch cache, queue keys, run the worker."""
 
     name = "controller"
+    # The key prefixes of the kinds observe() looks at: changes to anything else never wake it.
+    prefixes: tuple[str, ...] = ("/registry/",)
 
     def __init__(self, registry: Registry, delay: float = 0.01, clock: Callable[[], float] = time.time) -> None:
         self.registry = registry
@@ -107,7 +109,7 @@ class Controller:
         self._tasks: list[asyncio.Task[Any]] = []
 
     async def start(self) -> None:
-        sub = self.registry.cache.subscribe("/registry/")
+        sub = self.registry.cache.subscribe(self.prefixes)
         await self._initial()
         self._tasks.append(asyncio.create_task(self._follow(sub), name=f"{self.name}-follow"))
         self._tasks.append(asyncio.create_task(self.queue.run(), name=f"{self.name}-work"))

@@ -16,7 +16,7 @@ from netplane.api.errors import APIError
 from netplane.api.selectors import LabelSelector
 from netplane.state.controllerbase import Controller, Key, key_parts
 from netplane.state.endpointslices import desired_endpoint_slices
-from netplane.state.objects import Obj
+from netplane.state.objects import Obj, key_prefix
 from netplane.state.registry import ENDPOINTSLICES, PODS, SERVICES, Registry
 from netplane.state.watchcache import Change
 
@@ -30,6 +30,7 @@ MANAGED_BY = "endpointslice-controller.k8s.io"
 
 class EndpointSliceController(Controller):
     name = "endpointslices"
+    prefixes = (key_prefix(SERVICES), key_prefix(PODS), key_prefix(ENDPOINTSLICES))
 
     def __init__(self, registry: Registry, delay: float = 0.01) -> None:
         super().__init__(registry, delay)

@@ -25,7 +25,7 @@ from typing import Any
 
 from netplane.api import jsonbytes
 from netplane.api.errors import APIError
-from netplane.state.objects import Obj
+from netplane.state.objects import Obj, key_prefix
 from netplane.state.registry import NODES, PODS, Registry
 from netplane.state.watchcache import Change
 from netplane.state.workloads import is_terminal, is_terminating, rfc3339
@@ -161,7 +161,7 @@ class Scheduler:
         self._tasks: list[asyncio.Task[Any]] = []
 
     async def start(self) -> None:
-        sub = self.registry.cache.subscribe("/registry/core/")
+        sub = self.registry.cache.subscribe((key_prefix(PODS), key_prefix(NODES)))
         lst = await self.registry.list(PODS, None)
         start_rev = int(lst["metadata"]["resourceVersion"])
         for pod in lst["items"]:

@@ -59,7 +59,7 @@ class TooSlow(Exception):
 
 
 class Subscription:
-    def __init__(self, cache: WatchCache, prefix: str, max_queue: int) -> None:
+    def __init__(self, cache: WatchCache, prefix: str | tuple[str, ...], max_queue: int) -> None:
         self._cache = cache
         self.prefix = prefix
         self.queue: asyncio.Queue[Change | None] = asyncio.Queue()
@@ -136,7 +136,9 @@ class WatchCache:
         while self._buffer and self._buffer[0].revision <= revision:
             self._buffer.popleft()
 
-    def subscribe(self, prefix: str = "") -> Subscription:
+    def subscribe(self, prefix: str | tuple[str, ...] = "") -> Subscription:
+        """Changes to keys under prefix (or any of several prefixes) from now on: a subscriber
+        that names only the kinds it follows is not woken by every other write."""
         sub = Subscription(self, prefix, self._max_queue)
         self._subs.add(sub)
         return sub

@@ -50,7 +50,7 @@ from netplane.api import resources as res
 from netplane.api.errors import APIError
 from netplane.api.selectors import LabelSelector
 from netplane.state.controllerbase import Controller, Key, WorkQueue, key_parts
-from netplane.state.objects import Obj
+from netplane.state.objects import Obj, key_prefix
 from netplane.state.registry import PODS, Registry
 from netplane.state.watchcache import Change
 
@@ -666,6 +666,7 @@ class _Controller(Controller):
 
 class ReplicaSetController(_Controller):
     name = "replicaset"
+    prefixes = (key_prefix(REPLICASETS), key_prefix(PODS))
 
     def __init__(self, registry: Registry, delay: float = 0.01, clock: Callable[[], float] = time.time) -> None:
         super().__init__(registry, delay, clock)
@@ -744,6 +745,7 @@ class ReplicaSetController(_Controller):
 
 class DeploymentController(_Controller):
     name = "deployment"
+    prefixes = (key_prefix(DEPLOYMENTS), key_prefix(REPLICASETS), key_prefix(PODS))
 
     def __init__(self, registry: Registry, delay: float = 0.01, clock: Callable[[], float] = time.time) -> None:
         super().__init__(registry, delay, clock)

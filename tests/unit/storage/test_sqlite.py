@@ -299,3 +299,22 @@ def test_a_compacted_revision_is_not_served_from_memory(tmp_path: Path) -> None:
         await s.close()
 
     run(go())
+
+
+def test_a_subscriber_is_offered_only_the_prefixes_it_names(tmp_path: Path) -> None:
+    # Controllers name the kinds they follow, so a write to any other kind wakes none of them.
+    async def go() -> None:
+        s = SQLiteStorage(str(tmp_path / "db"))
+        cache = WatchCache(s)
+        await cache.start()
+        sub = cache.subscribe(("/p/", "/q/"))
+        for key in ("/other/1", "/p/1", "/pq/1", "/q/1", "/other/2"):
+            await s.create(key, b'{"metadata":{}}')
+        got = [(await asyncio.wait_for(sub.next(), 5)).key for _ in range(2)]
+        assert got == ["/p/1", "/q/1"]
+        await cache.wait_for(5)
+        assert sub.queue.empty()
+        await cache.stop()
+        await s.close()
+
+    run(go())
