@@ -7,6 +7,14 @@ A hit splices the client's ID, RD/CD bits and question name (same bytes up to ca
 compression pointer stays valid and the answer echoes the client's case, 0x20 style) into it:
 no decoding, no dnspython. Entries are dropped by name when the zone index reports that a name, or
 a name an answer depends on (CNAME and SRV targets), changed.
+
+In front of it sits a second, exact cache for UDP: the query's bytes after its ID -> the response's
+bytes after the ID. A repeated query (the same name in the same case, flags and EDNS) is then one
+slice, one dict lookup and one concatenation: the whole answer is a function of those bytes and of
+the cached entry it was made from, which carries a ``valid`` flag that is cleared when the entry
+leaves the response cache. This matters for latency, not only for throughput: every microsecond
+saved per query lowers the server's load at a given rate, and a busy server takes longer to work off
+the queue that any pause (another process, a kernel thread, the hypervisor) leaves behind.
 """
 
 from __future__ import annotations
@@ -51,9 +59,10 @@ class Job:
 class Entry:
     """A rendered response without its ID, RD/CD bits and question name."""
 
-    __slots__ = ("counts", "f2", "f3", "size", "tail", "truncated")
+    __slots__ = ("counts", "f2", "f3", "size", "tail", "truncated", "valid")
 
     def __init__(self, response: bytes, qname_len: int, truncated: Entry | None = None) -> None:
+        self.valid = True  # False once dropped from the response cache (see Engine._exact)
         self.f2 = response[2] & ~wire.RD
         self.f3 = response[3] & ~wire.CD
         self.counts = response[4:12]
@@ -88,6 +97,8 @@ class Engine:
         self.synced = True
         self._cache: dict[bytes, dict[bytes, Entry]] = {}
         self._deps: dict[bytes, set[bytes]] = {}
+        # UDP query bytes after the ID -> (the entry it was answered from, response bytes after the ID).
+        self._exact: dict[bytes, tuple[Entry, bytes]] = {}
         self.stats = {"queries": 0, "hits": 0, "forwarded": 0, "formerr": 0, "dropped": 0}
 
     # -- the zone changed -----------------------------------------------------------------
@@ -95,31 +106,41 @@ class Engine:
     def invalidate(self, names: Iterable[str]) -> None:
         for name in names:
             key = _name_wire(name)
-            self._cache.pop(key, None)
+            self._drop(key)
             for dependent in self._deps.pop(key, ()):
-                self._cache.pop(dependent, None)
+                self._drop(dependent)
+
+    def _drop(self, key: bytes) -> None:
+        bucket = self._cache.pop(key, None)
+        if bucket is not None:
+            for entry in bucket.values():
+                entry.valid = False  # the exact cache's copies of it are stale from now on
 
     def clear(self) -> None:
         self._cache.clear()
         self._deps.clear()
+        self._exact.clear()
 
     # -- queries ------------------------------------------------------------------------------
 
     def handle(self, data: bytes, tcp: bool = False) -> bytes | Job | None:
         """The response to one packet, a Job for the upstream, or None (drop it)."""
-        self.stats["queries"] += 1
+        stats = self.stats
+        stats["queries"] += 1
+        if not tcp:
+            hit = self._exact.get(data[2:])
+            if hit is not None and hit[0].valid:
+                stats["hits"] += 1
+                return data[:2] + hit[1]
         # Fast path: the shape of an ordinary query, answered from the cache (see wire.parse_query,
         # which this mirrors; every miss is re-parsed there).
         try:
             if len(data) > 16 and not data[2] & 0xF8 and data[4:10] == b"\x00\x01\x00\x00\x00\x00":
-                i = 12
-                length = data[12]
-                while length:
-                    if length > 63:
-                        raise IndexError
-                    i += length + 1
-                    length = data[i]
-                end = i + 1
+                # The name ends at its first zero byte when it is well formed; when it is not (a zero
+                # inside a label, a compression pointer), the bytes up to there are no well-formed name
+                # either, so they match no key of the cache (keys are well-formed names, lowercased:
+                # lowering never touches a length byte) and the query takes the parsing path.
+                end = data.index(0, 12) + 1
                 tail_at = end + 4
                 ar = data[10:12]
                 tag = b""
@@ -135,16 +156,26 @@ class Engine:
                 if tag:
                     bucket = self._cache.get(data[12:end].lower())
                     if bucket is not None:
-                        entry = bucket.get(data[end:tail_at] + tag)
-                        if entry is not None:
+                        top = bucket.get(data[end:tail_at] + tag)
+                        if top is not None:
+                            entry = top
                             if not tcp and entry.size > limit and entry.truncated is not None:
                                 entry = entry.truncated
-                            self.stats["hits"] += 1
-                            return b"".join((data[:2], bytes((entry.f2 | (data[2] & 1), entry.f3 | (data[3] & 0x10))),
-                                             entry.counts, data[12:end], entry.tail))
-        except IndexError:
+                            stats["hits"] += 1
+                            out = b"".join((data[:2], bytes((entry.f2 | (data[2] & 1), entry.f3 | (data[3] & 0x10))),
+                                            entry.counts, data[12:end], entry.tail))
+                            if not tcp:
+                                self._remember(data, top, out)
+                            return out
+        except (IndexError, ValueError):
             pass
         return self._slow(data, tcp)
+
+    def _remember(self, query: bytes, entry: Entry, response: bytes) -> None:
+        exact = self._exact
+        if len(exact) >= self.cache_names:
+            exact.clear()  # bounded whatever clients send (0x20 spellings, random IDs do not count)
+        exact[query[2:]] = (entry, response[2:])
 
     def _slow(self, data: bytes, tcp: bool) -> bytes | Job | None:
         if len(data) >= wire.HEADER and not data[2] & wire.QR and (data[2] >> 3) & 0x0F:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import random
 import re
+import signal
 import socket
 import subprocess
 import time
@@ -219,3 +221,28 @@ def test_without_a_state_server_the_zone_is_servfail_not_nxdomain(tmp_path: Path
         assert ask(d, "example.test").rcode() == dns.rcode.REFUSED
     finally:
         d.stop()
+
+
+def test_a_burst_while_the_server_is_paused_is_queued_not_dropped(state: ServerProcess,
+                                                                  dns_server: DNSProcess) -> None:
+    # 1,500 queries arrive while the server cannot run (SIGSTOP stands in for another process holding
+    # its CPU): ~1 MB of kernel buffers, far more than Linux's default 208 KiB. Every one is answered.
+    count = 1500
+    q = dns.message.make_query("dns-version.cluster.local", "TXT")
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as c:
+        c.setsockopt(socket.SOL_SOCKET, 33, 8 << 20)  # SO_RCVBUFFORCE: room for every answer here too
+        c.settimeout(5)
+        os.kill(dns_server.proc.pid, signal.SIGSTOP)
+        try:
+            for i in range(count):
+                q.id = i
+                c.sendto(q.to_wire(), (dns_server.host, dns_server.port))
+        finally:
+            os.kill(dns_server.proc.pid, signal.SIGCONT)
+        answered: set[int] = set()
+        try:
+            while len(answered) < count:
+                answered.add(int.from_bytes(c.recv(4096)[:2], "big"))
+        except TimeoutError:
+            pass
+    assert len(answered) == count, f"{count - len(answered)} of {count} queries were dropped"

@@ -351,3 +351,71 @@ def test_before_the_caches_sync_the_zone_answers_servfail_and_nothing_is_cached(
     e.synced = True
     e.invalidate(e.model.on_service(None, service("web")))
     assert addresses(exchange(e, query("web.default.svc.cluster.local"))) == ["10.96.0.20"]
+
+
+# -- the exact cache: a repeated UDP query answered from its own bytes -----------------------------
+
+def warm(e: Engine, q: dns.message.Message) -> bytes:
+    """Ask three times (a miss, a response-cache hit, an exact-cache hit): the answers must agree."""
+    answers = {e.handle(q.to_wire()) for _ in range(3)}
+    assert len(answers) == 1
+    out = answers.pop()
+    assert isinstance(out, bytes)
+    return out
+
+
+def test_repeated_query_gets_the_same_answer_with_each_clients_id() -> None:
+    e = engine_with(service("web"))
+    q = query("web.default.svc.cluster.local")
+    first = warm(e, q)
+    hits = e.stats["hits"]
+    for qid in (0, 1, 0xBEEF, 0xFFFF):
+        q.id = qid
+        out = e.handle(q.to_wire())
+        assert isinstance(out, bytes) and out[:2] == qid.to_bytes(2, "big") and out[2:] == first[2:]
+    assert e.stats["hits"] == hits + 4
+
+
+def test_repeated_answers_follow_every_kind_of_change() -> None:
+    e = engine_with(service("web"), external("alias", "web.default.svc.cluster.local"))
+    a = query("web.default.svc.cluster.local")
+    srv = query("_http._tcp.web.default.svc.cluster.local", "SRV")
+    cname = query("alias.default.svc.cluster.local")
+    for q in (a, srv, cname):
+        warm(e, q)
+    e.invalidate(e.model.on_service(service("web"), service("web", cluster_ip="10.96.0.30")))
+    assert addresses(exchange(e, a)) == ["10.96.0.30"]  # the name itself changed
+    assert "10.96.0.30" in exchange(e, srv).additional[0].to_text()  # a name its answer depends on
+    assert addresses(exchange(e, cname)) == ["10.96.0.30"]  # the CNAME's in-zone target
+    for q in (a, srv, cname):
+        warm(e, q)
+    e.invalidate(e.model.on_service(service("web", cluster_ip="10.96.0.30"), None))
+    assert exchange(e, a).rcode() == dns.rcode.NXDOMAIN
+    assert exchange(e, srv).rcode() == dns.rcode.NXDOMAIN
+
+
+def test_repeated_query_over_tcp_is_not_answered_with_the_truncated_udp_form() -> None:
+    eps = [endpoint(f"10.244.{i // 200}.{i % 200 + 1}") for i in range(100)]  # ~1.6 kB of A records
+    e = engine_with(headless("big"), endpoint_slice("big", eps))
+    q = query("big.default.svc.cluster.local")  # no EDNS: 512 bytes over UDP
+    r = dns.message.from_wire(warm(e, q))
+    assert r.flags & dns.flags.TC and not r.answer
+    assert len(addresses(exchange(e, q, tcp=True))) == 100
+
+
+def test_a_name_with_a_zero_byte_in_a_label_is_not_taken_for_a_cached_name() -> None:
+    e = engine_with(service("web"))
+    wire_q = query("web.default.svc.cluster.local").to_wire()
+    warm(e, query("web.default.svc.cluster.local"))
+    # The same bytes with the label "web" spelled "we\0": the first zero byte now sits inside it.
+    odd = wire_q[:15] + b"\x00" + wire_q[16:]
+    for _ in range(3):
+        r = dns.message.from_wire(e.handle(odd))  # type: ignore[arg-type]
+        assert r.rcode() == dns.rcode.NXDOMAIN and r.question[0].name.labels[0] == b"we\x00"
+
+
+def test_exact_cache_stays_bounded() -> None:
+    e = Engine(ClusterModel(), cache_names=50)
+    for i in range(300):
+        warm(e, query(f"n{i}.default.svc.cluster.local"))
+    assert len(e._exact) <= 50
