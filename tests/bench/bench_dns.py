@@ -19,8 +19,23 @@ the like) 15%.
 Reported, for each server: peak qps (dnsperf with 10 clients and 500 queries outstanding, after one
 unmeasured pass through the mix; the best of --rounds interleaved runs), p50/p99 latency at half of
 netplane's peak rate (the same offered load for all; the first 0.5 s, dnsperf's opening burst of
-500 outstanding queries, left out for every server and reported separately), ratios, RSS with
---services; then RSS of `netplane dns` with --memory-services.
+500 outstanding queries, left out for every server and reported separately; queries dnsperf lost
+count as slower than any answer), ratios, RSS with --services; then RSS of `netplane dns` with
+--memory-services. Beside the latencies, what else happened on the servers' CPU during each latency
+run: the server's time waiting for the CPU while runnable (run-queue wait), its busy share, and the
+time the hypervisor stole from that CPU.
+
+The machine is shared: other people's tests and a kernel thread (kdamond) also run on both CPUs. A
+server that has to share CPU 0 with them answers late by their time slices (measured: 60 ms to
+1.5 s of run-queue wait per 5 s run, knot alike), and dnsperf sharing CPU 1 with them reads answers
+late and counts its own wait as the server's latency (measured: 1-3 s of run-queue wait per run;
+p99 of 1-10 ms for knot and netplane alike, 0.2-0.4 ms for both once dnsperf is not preempted). So
+that the latency rows measure the servers and not the neighbours, each latency run runs dnsperf, and
+each server, at SCHED_FIFO priority 1, all servers alike (--latency-sched fair: without it), except
+a server for which that rate is near or beyond its own peak (dnsmasq): saturated, it would hold CPU 0
+for the whole run and starve the CPU's kernel threads, and its latency is its own queue anyway. The
+peak runs stay at the default policy for the same reason. dnsperf writes its per-query lines to a
+file rather than a pipe, so that nothing of the harness has to run beside it during a run.
 Goals (issue 6): at least CoreDNS's published ~17k qps per vCPU, p99 <= 1 ms at half of peak,
 <= 200 MB with 10k services.
 """
@@ -292,22 +307,113 @@ class Run:
     qps: float
     lost: int
     latencies: list[float]
+    # dnsperf's time runnable but waiting for its CPU, summed over its threads (sampled every 0.1 s;
+    # at SCHED_FIFO mostly its own threads waiting for each other, at the default policy also others).
+    client_wait_ms: float = 0.0
 
 
-def dnsperf(port: int, qfile: Path, seconds: float, max_qps: float | None = None, verbose: bool = False) -> Run:
-    cmd = ["taskset", "-c", CLIENT_CPU, "dnsperf", "-s", "127.0.0.1", "-p", str(port), "-d", str(qfile),
+def dnsperf(port: int, qfile: Path, seconds: float, max_qps: float | None = None, verbose: bool = False,
+            fifo: bool = False) -> Run:
+    cmd = ["chrt", "-f", "1"] if fifo else []
+    cmd += ["taskset", "-c", CLIENT_CPU, "dnsperf", "-s", "127.0.0.1", "-p", str(port), "-d", str(qfile),
            "-l", str(seconds), "-c", "10", "-q", "500", "-t", "2"]
     if max_qps:
         cmd += ["-Q", str(int(max_qps))]
     if verbose:
         cmd.append("-v")
-    out = sh(*cmd, timeout=seconds + 60).stdout
+    # Output goes to a file, not a pipe: with -v dnsperf prints a line per query, and a harness
+    # reading them as they come would compete with dnsperf for the client's CPU during the run.
+    # Meanwhile dnsperf's own run-queue wait is sampled (its threads exit with it, taking theirs along).
+    wait_ns = 0
+    with tempfile.TemporaryFile("w+") as f:
+        proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, text=True)
+        deadline = time.monotonic() + seconds + 60
+        while proc.poll() is None:
+            if time.monotonic() > deadline:
+                proc.kill()
+                proc.wait()
+                raise RuntimeError(f"dnsperf did not finish: {cmd}")
+            wait_ns = max(wait_ns, sched_totals(proc.pid)[1])
+            time.sleep(0.1)
+        f.seek(0)
+        out = f.read()
     qps = float(re.search(r"Queries per second:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
     lost = int(re.search(r"Queries lost:\s+(\d+)", out).group(1))  # type: ignore[union-attr]
     lat = [float(m) for m in re.findall(r"^> \S+ \S+ \S+ ([\d.]+)$", out, re.M)] if verbose else []
     if verbose and not lat:
         print(f"  (no per-query latencies in dnsperf's output for port {port}: {out[-300:]!r})")
-    return Run(qps, lost, lat)
+    return Run(qps, lost, lat, wait_ns / 1e6)
+
+
+def _threads(pid: int) -> list[int]:
+    try:
+        return [int(t) for t in os.listdir(f"/proc/{pid}/task")]
+    except OSError:  # the process is gone
+        return []
+
+
+def sched_totals(pid: int) -> tuple[int, int]:
+    """(ns on the CPU, ns runnable but waiting for it), summed over the process's threads."""
+    cpu = wait = 0
+    for tid in _threads(pid):
+        try:
+            fields = Path(f"/proc/{pid}/task/{tid}/schedstat").read_text().split()
+        except OSError:  # the thread or the process is gone
+            continue
+        cpu += int(fields[0])
+        wait += int(fields[1])
+    return cpu, wait
+
+
+def steal_ms(cpu: str) -> float:
+    """Time the hypervisor has stolen from one CPU since boot (/proc/stat's 8th column), in ms."""
+    for line in Path("/proc/stat").read_text().splitlines():
+        if line.startswith(f"cpu{cpu} "):
+            return int(line.split()[8]) * 1000 / os.sysconf("SC_CLK_TCK")
+    return 0.0
+
+
+def set_policy(pid: int, fifo: bool) -> bool:
+    ok = True
+    for tid in _threads(pid):
+        try:
+            if fifo:
+                os.sched_setscheduler(tid, os.SCHED_FIFO, os.sched_param(1))
+            else:
+                os.sched_setscheduler(tid, os.SCHED_OTHER, os.sched_param(0))
+        except OSError:
+            ok = False
+    return ok
+
+
+@dataclass
+class LatencyRun:
+    run: Run
+    seconds: float
+    rq_wait_ms: float
+    busy: float  # share of the run's wall time the server spent on its CPU
+    steal_ms: float
+
+
+def latency_run(server: Server, qfile: Path, seconds: float, rate: float, fifo: bool) -> LatencyRun:
+    if fifo and not set_policy(server.proc.pid, True):
+        print(f"  (could not set SCHED_FIFO for {server.label}: measured at the default policy)")
+    try:
+        cpu0, wait0 = sched_totals(server.proc.pid)
+        steal0, t0 = steal_ms(SERVER_CPU), time.monotonic()
+        run = dnsperf(server.port, qfile, seconds, max_qps=rate, verbose=True, fifo=fifo)
+        wall = time.monotonic() - t0
+        cpu1, wait1 = sched_totals(server.proc.pid)
+        stolen = steal_ms(SERVER_CPU) - steal0
+    finally:
+        if fifo:
+            set_policy(server.proc.pid, False)
+    return LatencyRun(run, wall, (wait1 - wait0) / 1e6, (cpu1 - cpu0) / 1e9 / wall, stolen)
+
+
+def with_lost(latencies: list[float], lost: int) -> list[float]:
+    """A lost query is slower than any answer: leaving it out would flatter a server that drops."""
+    return latencies + [float("inf")] * lost
 
 
 def pct(values: list[float], p: float) -> float:
@@ -324,6 +430,8 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--queries", type=int, default=20000)
     ap.add_argument("--memory-services", type=int, default=10000, help="0 to skip the memory step")
+    ap.add_argument("--latency-sched", choices=["fifo", "fair"], default="fifo",
+                    help="scheduling policy of each server during its latency run (see above)")
     args = ap.parse_args()
     for tool in ("dnsperf", "dnsmasq", "taskset"):
         if sh("sh", "-c", f"command -v {tool}").returncode != 0:
@@ -369,8 +477,11 @@ def main() -> int:
             best = {label: max(runs, key=lambda x: x.qps) for label, runs in peaks.items()}
             np_ = netplane.label
             half = best[np_].qps / 2
-            at_half = {s.label: dnsperf(s.port, qfile, min(args.seconds, 5), max_qps=half, verbose=True)
-                       for s in servers}
+            fifo = args.latency_sched == "fifo"
+            # FIFO only below 80% of a server's own peak: see the module's docstring.
+            at_fifo = {s.label: fifo and half < 0.8 * best[s.label].qps for s in servers}
+            lat_runs = {s.label: latency_run(s, qfile, min(args.seconds, 5), half, at_fifo[s.label]) for s in servers}
+            at_half = {x: r.run for x, r in lat_runs.items()}
             mem = {s.label: rss_mb(s.proc.pid) for s in servers}
             labels = [s.label for s in servers]
             anchors = labels[1:]
@@ -391,10 +502,19 @@ def main() -> int:
             # particular rate, not "half of peak". The steady rows leave out the first OPENING seconds'
             # worth of queries, for every server alike; the whole-run p99 is printed beside them.
             skip = int(half * OPENING)
-            steady = {x: at_half[x].latencies[skip:] for x in labels}
+            steady = {x: with_lost(at_half[x].latencies[skip:], at_half[x].lost) for x in labels}
             for p in (50, 99):
                 row(f"p{p} ms at {half:,.0f} qps", {x: pct(steady[x], p) * 1000 for x in labels}, ".3f")
-            row("  p99 incl. opening burst", {x: pct(at_half[x].latencies, 99) * 1000 for x in labels}, ".3f")
+            row("  p99 incl. opening burst", {x: pct(with_lost(at_half[x].latencies, at_half[x].lost), 99) * 1000
+                                              for x in labels}, ".3f")
+            row("  queries lost", {x: at_half[x].lost for x in labels}, "d")
+            row("  busy % of its CPU", {x: lat_runs[x].busy * 100 for x in labels}, ".0f")
+            row("  run-queue wait ms", {x: lat_runs[x].rq_wait_ms for x in labels}, ".1f")
+            row("  CPU 0 steal ms", {x: lat_runs[x].steal_ms for x in labels}, ".0f")
+            row("  dnsperf run-queue wait ms", {x: at_half[x].client_wait_ms for x in labels}, ".1f")
+            policy = {x: "SCHED_FIFO 1" if at_fifo[x] else "default (saturated)" if fifo else "default" for x in labels}
+            print(f"  (latency runs of {min(args.seconds, 5):.0f} s; scheduling policy of server and dnsperf: "
+                  + ", ".join(f"{x} {policy[x]}" for x in labels) + ")")
             row("RSS MB", mem, ".1f")
             print(f"CoreDNS reference: ~{COREDNS_QPS_PER_VCPU:,} qps per vCPU; netplane dns: "
                   f"{best[np_].qps / COREDNS_QPS_PER_VCPU:.1f}x that")
