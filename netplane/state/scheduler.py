@@ -198,8 +198,8 @@ class Scheduler:
         try:
             while True:
                 change: Change = await sub.next()
-                if change.revision <= start_rev:
-                    continue  # already in the initial list
+                if change.revision <= start_rev or not change.readable():
+                    continue  # already in the initial list, or a value that does not decode
                 self.observe(change)
         finally:
             sub.close()

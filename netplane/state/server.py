@@ -419,10 +419,7 @@ class APIServer:
                     obj = tables.to_table(t.info, [obj], include_object=include)
                     line = _dumps({"type": item.type, "object": obj}) + b"\n"
                 elif item.change is not None:
-                    line = item.change.lines.get(item.type) or b""
-                    if not line:
-                        line = _dumps({"type": item.type, "object": obj}) + b"\n"
-                        item.change.lines[item.type] = line
+                    line = item.change.line(item.type, obj)
                 else:
                     line = _dumps({"type": item.type, "object": obj}) + b"\n"
                 await resp.write(line)

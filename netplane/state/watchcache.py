@@ -16,6 +16,7 @@ from collections import deque
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
+from netplane.api import jsonbytes
 from netplane.state.objects import Obj, decode
 from netplane.state.storage import Compacted, Event, Storage
 
@@ -28,30 +29,65 @@ log = logging.getLogger(__name__)
 class Change:
     type: str  # ADDED | MODIFIED | DELETED
     key: str
-    object: Obj
+    # The object as stored, decoded on first use by whoever reads it (see `object`).
+    raw: bytes
     # The value before a MODIFIED change, as stored: decoded only by the few readers that need
     # it (selector-filtered watches, some controllers), not once per write for everyone.
     previous_raw: bytes | None
     revision: int
     # Encoded watch lines by event type, shared by every watcher that sends this change as is:
     # with a hundred watchers the object is serialised once, not a hundred times.
-    lines: dict[str, bytes] = field(default_factory=dict, compare=False)
-    _decoded: dict[str, Obj] = field(default_factory=dict, compare=False)
+    lines: dict[str, bytes] | None = field(default=None, compare=False)
+    # What was decoded, once read. Both dicts are made on first use: a change in the ring buffer
+    # that nobody read is one object for the cyclic garbage collector to walk, not three.
+    _object: Obj | None = field(default=None, compare=False)
+    _previous: Obj | None = field(default=None, compare=False)
+
+    @property
+    def object(self) -> Obj:
+        """The decoded object (ValueError if the stored value does not decode). Decoded lazily:
+        a change nobody reads (a kind with no watcher) never becomes a tree of dicts, and the
+        ring buffer of recent changes holds bytes, not ~20 objects per change for the cyclic
+        garbage collector to walk (full collections had reached 76 ms under a write load)."""
+        obj = self._object
+        if obj is None:
+            obj = self._object = decode(self.raw, self.revision)
+        return obj
+
+    def readable(self) -> bool:
+        try:
+            _ = self.object
+        except ValueError:
+            # Never written by this server (it stores only what reads back); one bad value
+            # must not end a watch, so it is reported and passed over.
+            log.exception("undecodable stored value key=%s revision=%d", self.key, self.revision)
+            return False
+        return True
 
     @property
     def previous(self) -> Obj | None:
         if self.previous_raw is None:
             return None
-        prev = self._decoded.get("previous")
+        prev = self._previous
         if prev is None:
-            prev = self._decoded["previous"] = decode(self.previous_raw, self.revision)
+            prev = self._previous = decode(self.previous_raw, self.revision)
         return prev
 
+    def line(self, etype: str, obj: Obj) -> bytes:
+        """The watch line sending obj (this change's object, as is) as an etype event: encoded by
+        the first watcher that asks, then shared."""
+        lines = self.lines
+        if lines is None:
+            lines = self.lines = {}
+        line = lines.get(etype)
+        if line is None:
+            line = lines[etype] = jsonbytes.dumps({"type": etype, "object": obj}) + b"\n"
+        return line
 
-def _decode_event(ev: Event) -> Change:
-    obj = decode(ev.value, ev.revision)
+
+def _change(ev: Event) -> Change:
     prev = ev.prev_value if ev.type == "MODIFIED" else None
-    return Change(ev.type, ev.key, obj, prev, ev.revision)
+    return Change(ev.type, ev.key, ev.value, prev, ev.revision)
 
 
 class TooSlow(Exception):
@@ -109,14 +145,7 @@ class WatchCache:
     async def _run(self, start: int) -> None:
         async for batch in self._storage.watch(start):
             for ev in batch:
-                try:
-                    change = _decode_event(ev)
-                except ValueError:
-                    # Never written by this server (it stores only what reads back); one bad value
-                    # must not end every watch, so it is reported and passed over.
-                    log.exception("undecodable stored value key=%s revision=%d", ev.key, ev.revision)
-                    self.revision = ev.revision
-                    continue
+                change = _change(ev)
                 self._buffer.append(change)
                 for sub in list(self._subs):
                     sub.offer(change)
@@ -150,7 +179,7 @@ class WatchCache:
         if revision >= self.revision:
             return []
         events = await self._storage.events_since(revision, prefix)
-        return [_decode_event(e) for e in events if e.revision <= self.revision]
+        return [_change(e) for e in events if e.revision <= self.revision]
 
     async def stream(self, revision: int, prefix: str = "") -> AsyncIterator[Change]:
         """Every change after revision under prefix, without gaps or duplicates, until cancelled.
@@ -162,13 +191,15 @@ class WatchCache:
             last = revision
             for change in await self.since(revision, prefix):
                 last = change.revision
-                yield change
+                if change.readable():
+                    yield change
             while True:
                 change = await sub.next()
                 if change.revision <= last:
                     continue
                 last = change.revision
-                yield change
+                if change.readable():
+                    yield change
         finally:
             sub.close()
 

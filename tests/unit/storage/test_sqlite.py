@@ -272,11 +272,17 @@ def test_watch_cache_passes_over_an_undecodable_value(tmp_path: Path) -> None:
         s = SQLiteStorage(str(tmp_path / "db"))
         cache = WatchCache(s)
         await cache.start()
-        sub = cache.subscribe("/p/")
+        live = cache.stream(0, "/p/")
+        first = asyncio.ensure_future(live.__anext__())
+        await asyncio.sleep(0)  # one step: stream() subscribes and waits, nothing to replay yet
         await s.create("/p/bad", b'{"count": NaN')
         await s.create("/p/good", b'{"metadata":{}}')
-        change = await asyncio.wait_for(sub.next(), 5)
+        change = await asyncio.wait_for(first, 5)
         assert (change.key, change.revision) == ("/p/good", 2)
+        # A watch that starts later gets the same from the ring buffer.
+        replay = await asyncio.wait_for(cache.stream(0, "/p/").__anext__(), 5)
+        assert (replay.key, replay.revision, replay.object["metadata"]["resourceVersion"]) == ("/p/good", 2, "2")
+        await live.aclose()
         await cache.stop()
         await s.close()
 
