@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import os
 import signal
@@ -86,6 +87,15 @@ async def serve_forever(config: ServerConfig, ready_file: str | None = None) -> 
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     async with StateServer(config) as server:
+        # What start-up built (modules, the OpenAPI schemas, the loaded objects) lives as long as the
+        # process: out of the cyclic collector's reach, full collections walk only what requests
+        # create. And a young collection every 10,000 net allocations instead of 700: a request's
+        # objects are freed by reference counting, but 32 requests in flight kept crossing 700, so
+        # the collector ran ~140 times a second. Measured at 32 writers: 1,400 collections and
+        # 0.6 s per 10 s run (~20 us per write) before, 10 collections and 60 ms after.
+        gc.collect()
+        gc.freeze()
+        gc.set_threshold(10_000, 10, 10)
         if ready_file:
             with open(ready_file, "w") as f:
                 f.write(server.url + "\n")
