@@ -375,14 +375,18 @@ class NodeAgent:
                     await starting
             stopping.cancel()
         finally:
-            if self.runtime is not None:
-                await self.runtime.stop()
-            if self.cni_service is not None:
-                await asyncio.to_thread(self.cni_service.stop, 10.0)
+            # The background tasks first: among them is the pod runtime's sync loop, which would
+            # otherwise see the pod workers that runtime.stop() cancels as finished and admit the
+            # pods again, and a new worker runs CNI ADD on a live sandbox, fails ("eth0 already
+            # exists") and tears the pod's network down.
             for t in tasks:
                 t.cancel()
             for t in tasks:
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await t
+            if self.runtime is not None:
+                await self.runtime.stop()
+            if self.cni_service is not None:
+                await asyncio.to_thread(self.cni_service.stop, 10.0)
             self._kexec.shutdown(wait=False)
             log.info("node agent stopped name=%s (routes and pods left in place)", self.config.node_name)
