@@ -29,14 +29,17 @@ def lab() -> None:
 @click.option("--proxy-mode", type=click.Choice(["iptables", "nftables"]), default="iptables", show_default=True)
 @click.option("--ingress", is_flag=True, help="Also run the Ingress controller (nginx) on n1, on its address and "
                                               "on NodePorts 30880/30443 of every node.")
-def up(nodes: int, backend: str, proxy_mode: str, ingress: bool) -> None:
+@click.option("--bpf-host-routing", is_flag=True, help="host-gw only: start the node agents with --bpf-host-routing.")
+def up(nodes: int, backend: str, proxy_mode: str, ingress: bool, bpf_host_routing: bool) -> None:
     """Create the namespaces and start the state server, node agents and proxies."""
     from netplane.lab.cluster import Lab, LabError
     from netplane.lab.topology import TopologyError, plan
 
     _need_root()
     try:
-        lab_ = Lab(plan(nodes, backend, proxy_mode))
+        if bpf_host_routing and backend != "host-gw":
+            raise click.ClickException("--bpf-host-routing needs --backend host-gw")
+        lab_ = Lab(plan(nodes, backend, proxy_mode), node_args=("--bpf-host-routing",) if bpf_host_routing else ())
         lab_.up(progress=_say)
         if ingress:
             from netplane.ingress.lab import start as start_ingress

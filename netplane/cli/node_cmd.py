@@ -52,12 +52,15 @@ def _duration(ctx: click.Context, param: click.Parameter, value: str) -> float:
 @click.option("--cluster-dns", default="10.96.0.10", show_default=True, help="Nameserver in pods' resolv.conf.")
 @click.option("--cluster-domain", default="cluster.local", show_default=True)
 @click.option("--run-pods/--no-run-pods", default=True, show_default=True, help="Run the lab pod runtime.")
+@click.option("--bpf-host-routing", is_flag=True,
+              help="host-gw only: route cross-node pod-to-pod traffic with tc BPF programs, past the bridge, "
+                   "IP forwarding and netfilter (NetworkPolicy in FORWARD does not see it).")
 @click.option("-v", "--verbose", is_flag=True)
 @click.pass_context
 def node(ctx: click.Context, server: str | None, kubeconfig: str | None, node_name: str, address: str,
          backend: str, cni_bin_dir: str, cni_conf_dir: str, state_dir: str, heartbeat_interval: float,
          status_report_interval: float, cluster_cidr: str, cni_plugin: str, netns_prefix: str, logs_port: int,
-         cluster_dns: str, cluster_domain: str, run_pods: bool, verbose: bool) -> None:
+         cluster_dns: str, cluster_domain: str, run_pods: bool, bpf_host_routing: bool, verbose: bool) -> None:
     """Run the node agent (inside the node's network namespace)."""
     from netplane.client.kubeconfig import load_config
     from netplane.client.rest import APIClient
@@ -71,7 +74,7 @@ def node(ctx: click.Context, server: str | None, kubeconfig: str | None, node_na
         state_dir=state_dir, heartbeat_interval=heartbeat_interval,
         status_report_interval=status_report_interval, cluster_cidr=cluster_cidr, cni_plugin=cni_plugin,
         netns_prefix=netns_prefix, logs_port=logs_port, cluster_dns=cluster_dns, cluster_domain=cluster_domain,
-        run_pods=run_pods,
+        run_pods=run_pods, bpf_host_routing=bpf_host_routing,
     )
     try:
         config.check()

@@ -13,6 +13,11 @@ Start-up, in order (each step converges, so a restart repeats it harmlessly):
    resync that repairs drift);
 6. run the pod runtime (pods bound to this node).
 
+With --bpf-host-routing (host-gw only) step 4 also loads the fast-path programs, adopting
+the maps a previous agent left (netplane/node/fastpath.py), and attaches the receive side
+to the underlay device; each route sync also syncs the remote pod CIDRs map, and each pod
+ADD/DEL (and each resync) the local pods map and the send side on the pods' host veths.
+
 Stopping the agent (SIGTERM) leaves routes, the VXLAN device and running pods
 in place: a restarted agent adopts them, so no traffic is disturbed.
 """
@@ -32,7 +37,8 @@ from netplane.api.resources import must
 from netplane.client.informer import Informer
 from netplane.client.rest import APIClient, APIConnectionError, APIStatusError
 from netplane.kernel.vxlan import VtepInfo, VxlanConfig
-from netplane.node import cniconf, network, podlogs, status
+from netplane.node import cniconf, fastpath, network, podlogs, status
+from netplane.node.cni import read_cached_results
 from netplane.node.config import AgentConfig
 from netplane.node.kernel import LinuxNodeKernel, NodeKernel
 
@@ -50,7 +56,7 @@ def _now() -> datetime:
 
 class NodeAgent:
     def __init__(self, config: AgentConfig, client: APIClient, kernel: NodeKernel | None = None,
-                 now: Callable[[], datetime] = _now) -> None:
+                 now: Callable[[], datetime] = _now, bpf: fastpath.BPFKernel | None = None) -> None:
         config.check()
         self.config = config
         self.client = client
@@ -73,6 +79,14 @@ class NodeAgent:
         self._node_uid: str | None = None
         self.runtime: Any = None  # the PodRuntime, once started
         self.cni_service: Any = None
+        self.fastpath: fastpath.HostRouting | None = None
+        # BPF access for --bpf-host-routing (and for removing its programs when the flag is off);
+        # an agent given a fake NodeKernel gets none unless one is passed too.
+        if bpf is None and kernel is None:
+            from netplane.kernel.bpf import LinuxBPF
+
+            bpf = LinuxBPF()
+        self.bpf = bpf
 
     # -- helpers ---------------------------------------------------------------
 
@@ -159,6 +173,20 @@ class NodeAgent:
             self.vtep = None
         await self.publish_annotations()
         await self._k(self.kernel.apply_masquerade, network.masquerade_rules(cfg.cluster_cidr))
+        if cfg.bpf_host_routing and self.fastpath is None:
+            if self.bpf is None:
+                raise RuntimeError("--bpf-host-routing needs BPF access (none was given to this agent)")
+            hr = fastpath.HostRouting(self.bpf, cfg.address)
+            await self._k(hr.start)
+            self.fastpath = hr
+        elif not cfg.bpf_host_routing and self.bpf is not None:
+            try:
+                removed = await self._k(fastpath.disable, self.bpf, cfg.address)
+            except Exception as e:  # a node without BPF or tc access still runs
+                log.warning("node could not check for BPF host routing programs to remove: %s", e)
+            else:
+                if removed:
+                    log.info("node bpf host routing is off: removed %s", "; ".join(removed))
         if self.cni_service is None:
             self.start_cni_service()
         self.write_conflist()
@@ -244,6 +272,10 @@ class NodeAgent:
                 await self.publish_annotations()
         desired = self.desired()
         done = await self._k(self.kernel.sync_network, desired, network.VXLAN_DEVICE if self._vxlan else None)
+        if self.fastpath is not None:
+            # The same CIDRs host-gw routes to: the programs' fib lookup then finds those routes.
+            done = [*done, *await self._k(self.fastpath.sync_remote, [r.dst for r in desired.routes])]
+            done = [*done, *await self._k(self._sync_fastpath_pods)]
         self.sync_count += 1
         self.last_sync = done
         if done:
@@ -251,6 +283,20 @@ class NodeAgent:
         for name, why in desired.skipped:
             log.debug("node route skipped node=%s reason=%s", name, why)
         return done
+
+    def _sync_fastpath_pods(self) -> list[str]:
+        """Local pods map and send-side filters := the pods in our CNI result cache (kernel thread)."""
+        assert self.fastpath is not None and self.pod_cidr is not None
+        pods = fastpath.local_pods_from_results(read_cached_results(self.config.cni_cache_dir), self.pod_cidr)
+        return self.fastpath.sync_local(pods)
+
+    async def fastpath_pods_changed(self) -> None:
+        """After a pod's CNI ADD or DEL: before the pod is reported ready, its veth is on the fast path."""
+        if self.fastpath is None:
+            return
+        done = await self._k(self._sync_fastpath_pods)
+        if done:
+            log.info("node fastpath synced %s", "; ".join(done))
 
     async def _route_loop(self) -> None:
         retry = 0.5
@@ -356,6 +402,7 @@ class NodeAgent:
             from netplane.node.runtime import PodRuntime
 
             self.runtime = PodRuntime(cfg, self.client, self.pod_cidr)
+            self.runtime.cni.listeners.append(self.fastpath_pods_changed)
             tasks.extend(await self.runtime.start())
         log.info("node ready name=%s", cfg.node_name)
         return tasks

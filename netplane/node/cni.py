@@ -26,11 +26,14 @@ import asyncio
 import base64
 import copy
 import json
+import logging
 import os
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
+
+log = logging.getLogger(__name__)
 
 PLUGIN_TIMEOUT = 120.0
 LOOPBACK_CONF: dict[str, Any] = {"cniVersion": "1.0.0", "name": "cni-loopback", "plugins": [{"type": "loopback"}]}
@@ -124,6 +127,16 @@ class CNIInvoker:
         self.bin_dirs = list(bin_dirs)
         self.cache_dir = cache_dir
         self.timeout = timeout
+        # Called after every ADD and DEL that changed the result cache (e.g. the agent's BPF host
+        # routing adds the new pod to its maps); a listener's failure is logged, never the call's.
+        self.listeners: list[Callable[[], Awaitable[None]]] = []
+
+    async def _notify(self) -> None:
+        for listener in self.listeners:
+            try:
+                await listener()
+            except Exception:
+                log.exception("CNI listener failed")
 
     # -- exec ----------------------------------------------------------------
 
@@ -217,6 +230,7 @@ class CNIInvoker:
                 raise
         result = prev or {}
         self._write_cache(net, att, result)
+        await self._notify()
         return result
 
     async def delete(self, net: Mapping[str, Any] | None, att: Attachment, net_name: str | None = None) -> None:
@@ -235,6 +249,7 @@ class CNIInvoker:
             return  # nothing was ever added with a config we know
         await self._del_chain(use, att, prev)
         self._drop_cache(str(use["name"]), att)
+        await self._notify()
 
     async def _del_chain(self, net: Mapping[str, Any], att: Attachment, prev: Mapping[str, Any] | None) -> None:
         first_error: CNIInvokeError | None = None
@@ -265,3 +280,24 @@ def result_ips(result: Mapping[str, Any]) -> list[str]:
             out.append(str(v["ip"]).split("/")[0])
     # IPv4 first, as kubelet orders podIPs by the cluster's primary family.
     return sorted(dict.fromkeys(out), key=lambda a: ":" in a)
+
+
+def read_cached_results(cache_dir: str) -> list[dict[str, Any]]:
+    """Every ADD result in a result cache (what is attached now, as far as this invoker knows)."""
+    out: list[dict[str, Any]] = []
+    try:
+        names = sorted(os.listdir(cache_dir))
+    except FileNotFoundError:
+        return out
+    for name in names:
+        if name.startswith("."):
+            continue  # a cache file being written
+        try:
+            with open(os.path.join(cache_dir, name), encoding="utf-8") as f:
+                doc = json.load(f)
+        except (OSError, ValueError):
+            continue
+        result = doc.get("result") if isinstance(doc, dict) else None
+        if isinstance(result, dict):
+            out.append(result)
+    return out

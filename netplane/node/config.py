@@ -8,7 +8,7 @@ import re
 from dataclasses import dataclass, field
 
 from netplane.node.cniconf import PLUGINS
-from netplane.node.network import BACKEND_VXLAN, BACKENDS
+from netplane.node.network import BACKEND_HOST_GW, BACKEND_VXLAN, BACKENDS
 
 DEFAULT_CNI_BIN_DIRS = ("/opt/cni/bin", "/usr/lib/cni")
 DEFAULT_CNI_CONF_DIR = "/etc/cni/net.d"
@@ -58,6 +58,9 @@ class AgentConfig:
     install_cni: bool = True
     # Serve the netplane plugin's fast path on <state-dir>/cni.sock (netplane plugin only).
     cni_fast_path: bool = True
+    # BPF host routing (netplane/node/fastpath.py): tc programs short-cut cross-node pod-to-pod
+    # traffic past the bridge, IP forwarding and netfilter. host-gw only; off by default.
+    bpf_host_routing: bool = False
     extra: dict[str, str] = field(default_factory=dict)
 
     def check(self) -> None:
@@ -69,6 +72,9 @@ class AgentConfig:
             raise ConfigError(f"--address: {e}") from None
         if self.backend not in BACKENDS:
             raise ConfigError(f"--backend must be one of {', '.join(BACKENDS)}")
+        if self.bpf_host_routing and self.backend != BACKEND_HOST_GW:
+            raise ConfigError(f"--bpf-host-routing works with --backend {BACKEND_HOST_GW} only, not "
+                              f"{self.backend} (its programs route to the underlay, not into the overlay)")
         if self.cni_plugin not in PLUGINS:
             raise ConfigError(f"--cni-plugin must be one of {', '.join(PLUGINS)}")
         try:

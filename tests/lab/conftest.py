@@ -229,11 +229,12 @@ def echo_app(name: str, replicas: int, node_port: int | None = None, prestop_sec
 
 
 @contextlib.contextmanager
-def lab_cluster(backend: str, mode: str, prefix: str, state: Path, nodes: int = 3) -> Iterator[LabCluster]:
+def lab_cluster(backend: str, mode: str, prefix: str, state: Path, nodes: int = 3,
+                extra_node_args: tuple[str, ...] = ()) -> Iterator[LabCluster]:
     """A lab of its own (namespace prefix and state dir), removed afterwards even when the test fails."""
     remove_leftovers(prefix, progress=lambda _m: None)
     lab = Lab(plan(nodes, backend, mode, prefix=prefix), state_dir=state, server_args=SERVER_ARGS,
-              node_args=NODE_ARGS)
+              node_args=(*NODE_ARGS, *extra_node_args))
     try:
         lab.up(progress=lambda _m: None)
         yield LabCluster(lab)
