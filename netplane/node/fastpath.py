@@ -52,6 +52,7 @@ STX = {"b": 0x73, "h": 0x6B, "w": 0x63, "dw": 0x7B}  # BPF_STX | BPF_MEM | size
 ST = {"b": 0x72, "h": 0x6A, "w": 0x62, "dw": 0x7A}  # BPF_ST | BPF_MEM | size
 MOV64_K, MOV64_X, ADD64_K, AND64_K = 0xB7, 0xBF, 0x07, 0x57
 JA, JEQ_K, JNE_K, JGT_K, JLE_K, JGT_X = 0x05, 0x15, 0x55, 0x25, 0xB5, 0x2D
+JNE32_K = 0x56  # BPF_JMP32 | BPF_JNE | BPF_K: compares the low 32 bits (a loaded s32 with a negative imm)
 CALL, EXIT, LD_IMM64 = 0x85, 0x95, 0x18
 PSEUDO_MAP_FD, PSEUDO_KFUNC_CALL = 1, 2
 
@@ -166,7 +167,12 @@ MAP_LOOKUP_ELEM, L3_CSUM_REPLACE, FIB_LOOKUP, REDIRECT_NEIGH, REDIRECT_PEER = 1,
 FIB_SKIP_NEIGH = 4
 FIB_LKUP_RET_SUCCESS = 0
 # struct __sk_buff offsets
-SKB_PROTOCOL, SKB_INGRESS_IFINDEX, SKB_DATA, SKB_DATA_END = 16, 36, 76, 80
+SKB_PKT_TYPE, SKB_PROTOCOL, SKB_INGRESS_IFINDEX, SKB_DATA, SKB_DATA_END = 4, 16, 36, 76, 80
+PACKET_HOST = 0
+# The IP header's "more fragments" flag and fragment offset (network order 0x3FFF) as a little-endian
+# 16-bit load sees them: any fragment, first or later, has one of them set.
+IP_FRAG_MASK_LE = 0xFF3F
+ENOENT = 2
 ETH_HLEN, IP_HLEN = 14, 20
 ETH_P_IP_BE = 0x0008  # htons(ETH_P_IP) as a little-endian load sees it
 AF_INET = 2
@@ -197,13 +203,20 @@ class KernelSyms:
 
 
 def _ipv4_prologue(a: Asm, out: str) -> None:
-    """r6 = skb, r7 = data, r8 = data_end; IPv4 without options, TTL > 1, else goto `out`."""
+    """r6 = skb, r7 = data, r8 = data_end; IPv4 without options, not a fragment, TTL > 1, else
+    goto `out`."""
     a.mov(R6, R1)
     a.ldx("w", R2, R6, SKB_PROTOCOL)
     a.jmp(JNE_K, R2, out, imm=ETH_P_IP_BE)
     _reload_packet(a, out)
     a.ldx("b", R2, R7, ETH_HLEN + 0)
     a.jmp(JNE_K, R2, out, imm=0x45)  # version 4, IHL 5
+    # Fragments to the stack: only the first carries the ports, so the conntrack check below could
+    # not see that a later fragment belongs to a NAT'd flow (a large UDP reply through a Service
+    # would lose its tail to the fast path, un-NAT'd).
+    a.ldx("h", R2, R7, ETH_HLEN + 6)
+    a.andi(R2, IP_FRAG_MASK_LE)
+    a.jmp(JNE_K, R2, out, imm=0)
     a.ldx("b", R2, R7, ETH_HLEN + 8)
     a.jmp(JLE_K, R2, out, imm=1)  # TTL about to expire: the stack sends the ICMP
 
@@ -261,7 +274,13 @@ def _ct_nat_check(a: Asm, syms: KernelSyms, out: str, tag: str) -> None:
     a.addi(R4, SP_CT_OPTS)
     a.movi(R5, 16)
     a.kcall(syms.ct_lookup)
-    a.jmp(JEQ_K, R0, f"{tag}_done", imm=0)  # untracked here: nothing for this node to un-NAT
+    a.jmp(JNE_K, R0, f"{tag}_found", imm=0)
+    # No entry. Only "not found" (-ENOENT) means untracked here, nothing for this node to un-NAT;
+    # any other error (e.g. a kernel that takes a smaller bpf_ct_opts) says nothing: the stack decides.
+    a.ldx("w", R2, FP, SP_CT_OPTS + 4)  # opts.error
+    a.jmp(JNE32_K, R2, out, imm=-ENOENT)
+    a.jmp(JA, 0, f"{tag}_done")
+    a.label(f"{tag}_found")
     a.ldx("dw", R7, R0, syms.nf_conn_status)
     a.mov(R1, R0)
     a.kcall(syms.ct_release)
@@ -343,6 +362,10 @@ def rx_program(local_pods_fd: int, remote_cidrs_fd: int, syms: KernelSyms) -> li
     """The receiver side (the node's underlay device, clsact ingress)."""
     a = Asm()
     _ipv4_prologue(a, "pass")
+    # Only frames addressed to this node: the stack drops the others (a flooded unicast on the
+    # underlay bridge), and so must this program rather than hand them to a pod.
+    a.ldx("w", R2, R6, SKB_PKT_TYPE)
+    a.jmp(JNE_K, R2, "pass", imm=PACKET_HOST)
     _lpm_lookup(a, remote_cidrs_fd, ETH_HLEN + 12, "pass")  # saddr in a remote pod CIDR: pod-to-pod only
     a.ldx("w", R2, R7, ETH_HLEN + 16)
     a.stx("w", FP, SP_LOCAL_KEY, R2)
@@ -572,13 +595,6 @@ class HostRouting:
                     veths[facts.ifindex] = pod.ip
                     break
         done = []
-        for ifindex, ip in veths.items():
-            if self._tx_attached.get(ifindex) != self.tx_fd:
-                self.kernel.ensure_tc_ingress(ifindex, self.tx_fd, TX_PROG_NAME)
-                self._tx_attached[ifindex] = self.tx_fd
-                done.append(f"fastpath tx attached pod={ip} ifindex={ifindex}")
-        for gone in set(self._tx_attached) - set(veths):
-            del self._tx_attached[gone]  # the filter went with the veth
         have = self.kernel.map_items(self.local_fd, LOCAL_KEY_SIZE, LOCAL_VALUE_SIZE)
         upserts, deletes = map_changes(have, want)
         for k, v in upserts.items():
@@ -587,10 +603,19 @@ class HostRouting:
         for k in deletes:
             self.kernel.map_delete(self.local_fd, k)
             done.append(f"fastpath local -{ipaddress.IPv4Address(k)}")
+        # RX before any TX: disable() finds what an agent left by the RX on the underlay, so a send
+        # side must never exist without it (an agent dying between the two steps included).
         if not self.rx_attached:
             self.kernel.ensure_tc_ingress(self.underlay, self.rx_fd, RX_PROG_NAME)
             self.rx_attached = True
             done.append(f"fastpath rx attached ifindex={self.underlay}")
+        for ifindex, ip in veths.items():
+            if self._tx_attached.get(ifindex) != self.tx_fd:
+                self.kernel.ensure_tc_ingress(ifindex, self.tx_fd, TX_PROG_NAME)
+                self._tx_attached[ifindex] = self.tx_fd
+                done.append(f"fastpath tx attached pod={ip} ifindex={ifindex}")
+        for gone in set(self._tx_attached) - set(veths):
+            del self._tx_attached[gone]  # the filter went with the veth
         return done
 
 

@@ -182,6 +182,38 @@ def test_cluster_ip_with_the_endpoint_on_the_other_node(lab: LabCluster, pods: d
     assert answer["pod"] == pods["n1"]["metadata"]["name"]
 
 
+# Sends one datagram of argv[3] bytes to argv[1]:argv[2] and prints the size and source of the reply.
+UDP_ROUNDTRIP = (
+    "import socket, sys\n"
+    "s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n"
+    "s.settimeout(2)\n"
+    "s.sendto(b'x' * int(sys.argv[3]), (sys.argv[1], int(sys.argv[2])))\n"
+    "data, peer = s.recvfrom(65535)\n"
+    "print(len(data), peer[0])\n"
+)
+
+
+def test_a_fragmented_udp_reply_through_a_cluster_ip_arrives(lab: LabCluster,
+                                                             pods: dict[str, dict[str, Any]]) -> None:
+    # The reply to a client on n1 from an endpoint on n2 is fragmented (4,000 bytes over MTU 1500)
+    # and must be reverse-DNAT'd on n1. Only the first fragment carries the ports: the programs must
+    # leave every fragment to the stack, or the later ones reach the client un-NAT'd and the
+    # datagram is never reassembled.
+    dep, svc = echo_app("bhr-udp", 1, prestop_seconds=None, nodeName="n2")
+    container = dep["spec"]["template"]["spec"]["containers"][0]
+    container["ports"].append({"name": "echo-udp", "containerPort": 5353, "protocol": "UDP"})
+    svc["spec"]["ports"] = [{"name": "echo-udp", "port": 53, "targetPort": 5353, "protocol": "UDP"}]
+    lab.apply([dep, svc])
+    assert lab.wait_ready("app=bhr-udp", 1)[0]["spec"]["nodeName"] == "n2"
+    vip = lab.service_ip("bhr-udp")
+
+    def roundtrip() -> str | None:
+        proc = lab.run_in(lab.netns_of(pods["n1"]), [sys.executable, "-c", UDP_ROUNDTRIP, vip, "53", "4000"])
+        return proc.stdout.strip() if proc.returncode == 0 else None
+
+    assert wait_for("a 4,000-byte UDP echo through the ClusterIP", roundtrip, 30) == f"4000 {vip}"
+
+
 def test_pod_to_outside_is_masqueraded(lab: LabCluster, pods: dict[str, dict[str, Any]]) -> None:
     ext = lab.lab.plan.external
     server = subprocess.Popen(labnet.netns_exec_argv(ext.netns, [

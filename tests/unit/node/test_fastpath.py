@@ -129,6 +129,31 @@ def test_rx_program_checks_the_source_before_the_local_pod() -> None:
     assert kfunc_calls(ins) == [SYMS.ct_lookup, SYMS.ct_release]
 
 
+def test_fragments_pass_and_rx_takes_only_frames_for_this_host() -> None:
+    for items in (F.tx_program(1, SYMS), F.rx_program(1, 2, SYMS)):
+        ins = slots(items)
+        # frag_off (IP header offset 6) masked with MF | offset, anything set -> pass, before any map.
+        first_map = next(i for i, x in enumerate(ins) if x[0] == F.LD_IMM64)
+        load = ins.index((F.LDX["h"], F.R2, F.R7, F.ETH_HLEN + 6, 0))
+        assert load < first_map
+        assert ins[load + 1] == (F.AND64_K, F.R2, 0, 0, F.IP_FRAG_MASK_LE)
+        assert ins[load + 2][:2] == (F.JNE_K, F.R2) and ins[load + 2][4] == 0
+    rx = slots(F.rx_program(1, 2, SYMS))
+    load = rx.index((F.LDX["w"], F.R2, F.R6, F.SKB_PKT_TYPE, 0))
+    assert rx[load + 1][:2] == (F.JNE_K, F.R2) and rx[load + 1][4] == F.PACKET_HOST
+    assert F.IP_FRAG_MASK_LE.to_bytes(2, "little") == (0x3FFF).to_bytes(2, "big")
+
+
+def test_a_conntrack_lookup_error_other_than_not_found_takes_the_stack() -> None:
+    for items in (F.tx_program(1, SYMS), F.rx_program(1, 2, SYMS)):
+        ins = slots(items)
+        call = ins.index((F.CALL, 0, F.PSEUDO_KFUNC_CALL, 0, SYMS.ct_lookup))
+        # NULL: opts.error is read and anything but -ENOENT (32-bit compare) goes to the stack.
+        assert ins[call + 1][:2] == (F.JNE_K, F.R0)
+        assert ins[call + 2] == (F.LDX["w"], F.R2, F.FP, F.SP_CT_OPTS + 4, 0)
+        assert ins[call + 3][:2] == (F.JNE32_K, F.R2) and ins[call + 3][4] == -F.ENOENT
+
+
 def test_non_ipv4_and_expiring_ttl_pass() -> None:
     for items in (F.tx_program(1, SYMS), F.rx_program(1, 2, SYMS)):
         ins = slots(items)
@@ -335,8 +360,9 @@ def test_a_restarted_agent_adopts_the_maps_and_replaces_the_programs_in_place() 
     assert second.adopted
     assert (second.remote_fd, second.local_fd) == (first.remote_fd, first.local_fd)
     assert second.sync_remote(["10.244.1.0/24"]) == []
-    assert second.sync_local([POD1]) == [f"fastpath tx attached pod={POD1.ip} ifindex=5",
-                                         "fastpath rx attached ifindex=2"]
+    # The receive side first: a send side never exists without it (see disable()).
+    assert second.sync_local([POD1]) == ["fastpath rx attached ifindex=2",
+                                         f"fastpath tx attached pod={POD1.ip} ifindex=5"]
     assert k.writes == writes, "adopting rewrote map entries"
     assert {name: dict(m) for name, (_fd, m) in k.maps.items()} == contents
     assert k.filters == {2: second.rx_fd, 5: second.tx_fd}
