@@ -25,6 +25,19 @@ from netplane.state.workloads import DeploymentController, ReplicaSetController
 log = logging.getLogger(__name__)
 
 
+class _Runner(web.ServerRunner):
+    """Ends the watches when the runner shuts down: after the listening sockets have closed and
+    the last requests have started (a watch that starts then is ended too), before it waits for
+    handlers to finish (watches never do by themselves: it would wait its whole timeout)."""
+
+    def __init__(self, api: APIServer, server: web.Server, **kwargs: Any) -> None:
+        super().__init__(server, **kwargs)
+        self._api = api
+
+    async def shutdown(self) -> None:
+        self._api.end_watches()
+
+
 class StateServer:
     """A running state server; `async with StateServer(config) as s:` in tests and the CLI."""
 
@@ -60,11 +73,10 @@ class StateServer:
                 self._stack.push_async_callback(controller.stop)
         api = APIServer(registry, advertise=f"{cfg.listen_host}:{cfg.listen_port}")
         # handler_cancellation: a watch whose client went away is cancelled instead of idling.
-        runner = web.ServerRunner(api.web_server(access_log=None, handler_cancellation=True),
-                                  handle_signals=False, shutdown_timeout=5.0)
+        runner = _Runner(api, api.web_server(access_log=None, handler_cancellation=True),
+                         handle_signals=False, shutdown_timeout=5.0)
         await runner.setup()
         self._stack.push_async_callback(runner.cleanup)
-        self._stack.callback(api.end_watches)  # before the cleanup above: shutdown need not wait for them
         site = web.TCPSite(runner, cfg.listen_host, cfg.listen_port, reuse_address=True)
         await site.start()
         sockets = getattr(site._server, "sockets", None) or []

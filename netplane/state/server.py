@@ -17,7 +17,7 @@ from typing import Any
 from urllib.parse import unquote
 
 import yaml
-from aiohttp import web
+from aiohttp import HttpVersion11, web
 
 from netplane.api import jsonbytes, protobuf
 from netplane.api import resources as res
@@ -117,6 +117,8 @@ class APIServer:
     async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
         started = time.monotonic()
         try:
+            if "Expect" in request.headers and request.version == HttpVersion11:
+                await self._expect(request)
             resp = await self.dispatch(request)
         except APIError as e:
             resp = status_response(e)
@@ -129,6 +131,16 @@ class APIServer:
             log.debug("request method=%s path=%s status=%s ms=%.1f", request.method, request.path_qs,
                       resp.status, (time.monotonic() - started) * 1000)
         return resp
+
+    @staticmethod
+    async def _expect(request: web.BaseRequest) -> None:
+        # What aiohttp's Application router did for every route: a client that sends
+        # "Expect: 100-continue" (curl does for large bodies) waits for the 100 before the body.
+        expect = request.headers["Expect"]
+        if expect.lower() != "100-continue":
+            raise APIError(417, f"unknown expectation {expect!r}", "ExpectationFailed")
+        await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        request.writer.output_size = 0  # the response proper has not started
 
     async def dispatch(self, request: web.BaseRequest) -> web.StreamResponse:
         path = request.path.rstrip("/") or "/"

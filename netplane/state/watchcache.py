@@ -42,6 +42,7 @@ class Change:
     # that nobody read is one object for the cyclic garbage collector to walk, not three.
     _object: Obj | None = field(default=None, compare=False)
     _previous: Obj | None = field(default=None, compare=False)
+    _unreadable: bool = field(default=False, compare=False)
 
     @property
     def object(self) -> Obj:
@@ -55,12 +56,15 @@ class Change:
         return obj
 
     def readable(self) -> bool:
+        if self._unreadable:
+            return False
         try:
             _ = self.object
-        except ValueError:
-            # Never written by this server (it stores only what reads back); one bad value
-            # must not end a watch, so it is reported and passed over.
+        except (ValueError, TypeError, AttributeError):  # not JSON, or JSON but not an object
+            # Never written by this server (it stores only what reads back); one bad value must
+            # not end a watch, so it is reported (once, not by every reader) and passed over.
             log.exception("undecodable stored value key=%s revision=%d", self.key, self.revision)
+            self._unreadable = True
             return False
         return True
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
 import time
 import urllib.error
@@ -59,6 +60,39 @@ def test_bodies_over_the_size_limit_get_413_and_store_nothing(state_server: Serv
     big["data"]["x"] = "y" * (2 << 20)
     code, st = call(base, "POST", big)
     assert code == 422 and "1048576" in st["message"], st
+
+
+def _raw_post(url: str, path: str, body: bytes, expect: str) -> tuple[bytes, bytes]:
+    """POST with an Expect header over a raw socket: (what came before the body was sent, the rest)."""
+    host, port = url.removeprefix("http://").rsplit(":", 1)
+    with socket.create_connection((host, int(port)), timeout=5) as sock:
+        sock.sendall(f"POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
+                     f"Content-Length: {len(body)}\r\nExpect: {expect}\r\nConnection: close\r\n\r\n".encode())
+        interim = b""
+        while b"\r\n\r\n" not in interim:
+            chunk = sock.recv(4096)
+            if not chunk:
+                return interim, b""
+            interim += chunk
+        if not interim.startswith(b"HTTP/1.1 100"):
+            return interim, b""
+        sock.sendall(body)
+        rest = b""
+        while chunk := sock.recv(65536):
+            rest += chunk
+    return interim, rest
+
+
+def test_expect_100_continue_is_answered_before_the_body(state_server: ServerProcess) -> None:
+    # curl sends "Expect: 100-continue" for large bodies and waits for the 100 before sending them.
+    body = json.dumps({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "expect"}}).encode()
+    interim, rest = _raw_post(state_server.url, "/api/v1/namespaces/default/configmaps", body, "100-continue")
+    assert interim.startswith(b"HTTP/1.1 100 Continue"), interim
+    assert rest.startswith(b"HTTP/1.1 201"), rest[:200]
+    status, _ = call(state_server.url + "/api/v1/namespaces/default/configmaps/expect")
+    assert status == 200
+    interim, _ = _raw_post(state_server.url, "/api/v1/namespaces/default/configmaps", body, "something-else")
+    assert interim.startswith(b"HTTP/1.1 417"), interim
 
 
 def test_unknown_paths_and_methods(state_server: ServerProcess) -> None:
@@ -303,3 +337,23 @@ def test_service_type_change_drops_what_the_new_type_cannot_have(state_server: S
     code, again = call(base, "POST", svc("u", type="LoadBalancer", externalTrafficPolicy="Local",
                                           healthCheckNodePort=port, ports=[{"port": 80, "nodePort": hc}]))
     assert code == 201, again
+
+
+def test_open_watches_do_not_hold_up_shutdown(tmp_path: Path) -> None:
+    # Watches never end by themselves: a SIGTERM must end them, not wait out the 5 s shutdown timeout.
+    srv = start_server(tmp_path / "s")
+    streams = []
+    try:
+        for path in ("/api/v1/namespaces/default/configmaps", "/api/v1/pods", "/api/v1/services"):
+            r = urllib.request.urlopen(f"{srv.url}{path}?watch=true&allowWatchBookmarks=true", timeout=10)
+            streams.append(r)
+        call(srv.url + "/api/v1/namespaces/default/configmaps", "POST", {"metadata": {"name": "seen"}})
+        assert json.loads(streams[0].readline())["object"]["metadata"]["name"] == "seen"
+        started = time.monotonic()
+        srv.proc.terminate()
+        assert srv.proc.wait(10) == 0
+        assert time.monotonic() - started < 3.0
+    finally:
+        for r in streams:
+            r.close()
+        srv.kill()

@@ -83,6 +83,8 @@ CHECKPOINT_INTERVAL = 0.5
 WAL_LIMIT = 64 << 20
 # Newest committed events kept in memory, so watchers that keep up never read them back.
 RECENT_EVENTS = 4096
+# Seconds a list waits for the loop to take in a commit it already saw in the file.
+CATCH_UP_TIMEOUT = 5.0
 
 
 def _prefix_end(prefix: str) -> str:
@@ -171,11 +173,13 @@ class SQLiteStorage:
             cur.execute("COMMIT")
         records = [Record(r[0], r[1], r[2], r[3]) for r in rows]
         # The file may hold a commit the loop has not taken in yet (the flusher's thread finished it a
-        # moment ago): wait for it, so that a get after this list never shows an older object.
-        while rev > self._committed and not self._closed:
-            async with self._changed:
-                if rev > self._committed and not self._closed:
-                    await self._changed.wait()
+        # moment ago): wait for it, so that a get after this list never shows an older object. Bounded:
+        # should the loop never take it in (a commit reported failed that reached the disk all the
+        # same), the list is still answered.
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(CATCH_UP_TIMEOUT):
+                async with self._changed:
+                    await self._changed.wait_for(lambda: rev <= self._committed or self._closed)
         return records, rev
 
     async def events_since(self, revision: int, prefix: str = "") -> builtins.list[Event]:

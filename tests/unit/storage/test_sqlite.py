@@ -276,12 +276,13 @@ def test_watch_cache_passes_over_an_undecodable_value(tmp_path: Path) -> None:
         first = asyncio.ensure_future(live.__anext__())
         await asyncio.sleep(0)  # one step: stream() subscribes and waits, nothing to replay yet
         await s.create("/p/bad", b'{"count": NaN')
+        await s.create("/p/list", b"[]")  # JSON, but not an object
         await s.create("/p/good", b'{"metadata":{}}')
         change = await asyncio.wait_for(first, 5)
-        assert (change.key, change.revision) == ("/p/good", 2)
+        assert (change.key, change.revision) == ("/p/good", 3)
         # A watch that starts later gets the same from the ring buffer.
         replay = await asyncio.wait_for(cache.stream(0, "/p/").__anext__(), 5)
-        assert (replay.key, replay.revision, replay.object["metadata"]["resourceVersion"]) == ("/p/good", 2, "2")
+        assert (replay.key, replay.revision, replay.object["metadata"]["resourceVersion"]) == ("/p/good", 3, "3")
         await live.aclose()
         await cache.stop()
         await s.close()
