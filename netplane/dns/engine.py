@@ -37,6 +37,8 @@ from netplane.dns.zone import ClusterModel
 log = logging.getLogger(__name__)
 
 MAX_TCP = 65535
+# The largest response the exact UDP cache keeps (100k entries of at most this: ~50 MB at worst).
+EXACT_MAX_RESPONSE = 512
 
 
 class Upstream(Protocol):
@@ -172,6 +174,10 @@ class Engine:
         return self._slow(data, tcp)
 
     def _remember(self, query: bytes, entry: Entry, response: bytes) -> None:
+        if len(response) > EXACT_MAX_RESPONSE:
+            # Bounds the exact cache's memory by bytes too: keyed by spelling (0x20 case, EDNS), it
+            # holds one copy per variant, where the response cache holds one per name.
+            return
         exact = self._exact
         if len(exact) >= self.cache_names:
             exact.clear()  # bounded whatever clients send (0x20 spellings, random IDs do not count)

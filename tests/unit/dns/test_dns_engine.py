@@ -14,7 +14,7 @@ import dns.rcode
 import dns.rdatatype
 import pytest
 
-from netplane.dns.engine import Engine, Job
+from netplane.dns.engine import EXACT_MAX_RESPONSE, Engine, Job
 from netplane.dns.wire import parse_full, parse_query
 from netplane.dns.zone import ClusterModel
 from tests.unit.dns.objects import endpoint, endpoint_slice, external, headless, service
@@ -419,3 +419,17 @@ def test_exact_cache_stays_bounded() -> None:
     for i in range(300):
         warm(e, query(f"n{i}.default.svc.cluster.local"))
     assert len(e._exact) <= 50
+
+
+def test_exact_cache_keeps_only_small_answers() -> None:
+    # Keyed by spelling, the exact cache would hold a copy of a large answer per 0x20 variant: large
+    # answers are served from the response cache (one entry per name) and not copied into it.
+    eps = [endpoint(f"10.244.{i // 200}.{i % 200 + 1}") for i in range(100)]
+    e = engine_with(headless("big"), service("web"), endpoint_slice("big", eps))
+    big = query("big.default.svc.cluster.local")
+    big.use_edns(payload=4096)
+    out = warm(e, big)
+    assert len(out) > EXACT_MAX_RESPONSE and len(addresses(dns.message.from_wire(out))) == 100
+    assert e._exact == {}
+    warm(e, query("web.default.svc.cluster.local"))
+    assert len(e._exact) == 1
