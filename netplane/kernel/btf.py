@@ -69,7 +69,8 @@ class BTF:
         try:
             return self.funcs[func]
         except KeyError:
-            raise BTFError(f"the kernel's BTF has no function {func!r}") from None
+            raise BTFError(f"the kernel's BTF has no function {func!r} (only vmlinux BTF is read: with "
+                           f"nf_conntrack built as a module, its kfuncs live in the module's BTF)") from None
 
     def member_offset(self, struct_name: str, member: str) -> int:
         """Byte offset of a (non-bitfield) struct member."""
