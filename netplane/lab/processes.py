@@ -26,14 +26,24 @@ class Daemon:
     log: str
     pid: int
 
-    def cmdline_matches(self) -> bool:
+    def _cmdline(self) -> list[bytes]:
         try:
             raw = Path(f"/proc/{self.pid}/cmdline").read_bytes()
         except OSError:
-            return False
+            return []
+        return raw.rstrip(b"\0").split(b"\0")
+
+    def cmdline_matches(self) -> bool:
         # A console script runs as `python <script> ...`: the interpreter comes first.
         want = [a.encode() for a in self.argv]
-        return raw.rstrip(b"\0").split(b"\0")[-len(want):] == want
+        return self._cmdline()[-len(want):] == want
+
+    def started(self) -> bool:
+        """Running its own program: nsenter's command line also ends with argv, and while nsenter
+        execs the program /proc/PID/cmdline reads empty for a moment, which alive() would take for
+        an exit (seen in CI: "n3/proxy exited", with an empty log)."""
+        cmdline = self._cmdline()
+        return bool(cmdline) and os.path.basename(cmdline[0]) != b"nsenter" and self.cmdline_matches()
 
     def alive(self) -> bool:
         return self.cmdline_matches()
@@ -75,7 +85,7 @@ class ProcessTable:
     def wait_started(self, d: Daemon, timeout: float = 5.0) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if d.cmdline_matches():
+            if d.started():
                 return
             try:
                 os.waitpid(d.pid, os.WNOHANG)
