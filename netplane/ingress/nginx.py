@@ -103,7 +103,36 @@ def _retired(worker: int) -> bool:
     return not title or b"shutting down" in title
 
 
-class Nginx:
+class InstalledConf:
+    """The live configuration file and its "not yet accepted by nginx" marker, for a class that sets
+    ``conf`` and ``unverified`` (the real Nginx, and the tests' fake, which must behave alike)."""
+
+    conf: Path
+    unverified: Path
+
+    def install(self, text: str, verified: bool = True) -> None:
+        """Make ``text`` the live configuration (atomic rename; nginx reads it on start or reload).
+
+        ``verified=False``: nginx has not accepted it yet (the reload is the check); the marker stays
+        until :meth:`mark_verified` or a verified install."""
+        if not verified:
+            self.unverified.touch()
+        tmp = self.conf.with_suffix(".tmp")
+        tmp.write_text(text)
+        tmp.replace(self.conf)
+        if verified:
+            self.mark_verified()
+
+    def mark_verified(self) -> None:
+        self.unverified.unlink(missing_ok=True)
+
+    @property
+    def conf_verified(self) -> bool:
+        """Whether the installed file is a configuration nginx accepted (see :meth:`install`)."""
+        return not self.unverified.exists()
+
+
+class Nginx(InstalledConf):
     def __init__(self, state_dir: Path, binary: str = DEFAULT_BINARY, netns: str | None = None) -> None:
         self.state_dir = state_dir
         self.binary = binary
@@ -156,27 +185,6 @@ class Nginx:
         with contextlib.suppress(OSError):
             out = log.read_text(errors="replace") + "\n" + out
         return parse_check_output(out, str(self.candidate))
-
-    def install(self, text: str, verified: bool = True) -> None:
-        """Make ``text`` the live configuration (atomic rename; nginx reads it on start or reload).
-
-        ``verified=False``: nginx has not accepted it yet (the reload is the check); the marker stays
-        until :meth:`mark_verified` or a verified install."""
-        if not verified:
-            self.unverified.touch()
-        tmp = self.conf.with_suffix(".tmp")
-        tmp.write_text(text)
-        tmp.replace(self.conf)
-        if verified:
-            self.mark_verified()
-
-    def mark_verified(self) -> None:
-        self.unverified.unlink(missing_ok=True)
-
-    @property
-    def conf_verified(self) -> bool:
-        """Whether the installed file is a configuration nginx accepted (see :meth:`install`)."""
-        return not self.unverified.exists()
 
     @property
     def pid(self) -> int | None:

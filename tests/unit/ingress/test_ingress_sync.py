@@ -19,7 +19,7 @@ from netplane.ingress.backends import Resolved
 from netplane.ingress.controller import ControllerOptions, IngressController, PlanCache, Snapshot, plan
 from netplane.ingress.fixtures import endpoint_slice, ingress, path, rule, service, tls_secret
 from netplane.ingress.model import ServiceRef, parse_ingress
-from netplane.ingress.nginx import CheckResult, Nginx, NginxRejected, _retired, _serving
+from netplane.ingress.nginx import CheckResult, InstalledConf, Nginx, NginxRejected, _retired, _serving
 from netplane.ingress.render import RenderOptions, ServerCache, render
 from netplane.ingress.routes import build_table
 
@@ -126,8 +126,9 @@ def test_a_server_block_is_rendered_again_when_its_backend_resolution_changes() 
 # -- validation by reload, with a fake nginx ----------------------------------------------------
 
 
-class FakeNginx:
-    """Serves what it was last reloaded with; refuses text containing a marker, as nginx would."""
+class FakeNginx(InstalledConf):
+    """Serves what it was last reloaded with; refuses text containing a marker, as nginx would.
+    Installs the configuration file as the real one does (InstalledConf)."""
 
     def __init__(self, state_dir: Path, bad: str, running: bool = True, verified: bool = True) -> None:
         self.conf = state_dir / "nginx.conf"
@@ -159,20 +160,6 @@ class FakeNginx:
     def check(self, text: str) -> CheckResult:
         self.checks.append(text)
         return self._error(text) or CheckResult(True)
-
-    def install(self, text: str, verified: bool = True) -> None:
-        if not verified:
-            self.unverified.touch()
-        self.conf.write_text(text)
-        if verified:
-            self.mark_verified()
-
-    def mark_verified(self) -> None:
-        self.unverified.unlink(missing_ok=True)
-
-    @property
-    def conf_verified(self) -> bool:
-        return not self.unverified.exists()
 
     def reload(self) -> None:
         text = self.conf.read_text()
