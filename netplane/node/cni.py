@@ -186,12 +186,7 @@ class CNIInvoker:
         return os.path.join(self.cache_dir, f"{net_name}-{att.container_id}-{att.ifname}")
 
     def cached(self, net_name: str, att: Attachment) -> dict[str, Any] | None:
-        try:
-            with open(self._cache_path(net_name, att), encoding="utf-8") as f:
-                doc = json.load(f)
-        except (OSError, ValueError):
-            return None
-        return doc if isinstance(doc, dict) else None
+        return _read_cache_file(self._cache_path(net_name, att))
 
     def _write_cache(self, net: Mapping[str, Any], att: Attachment, result: Mapping[str, Any]) -> None:
         os.makedirs(self.cache_dir, exist_ok=True)
@@ -292,12 +287,18 @@ def read_cached_results(cache_dir: str) -> list[dict[str, Any]]:
     for name in names:
         if name.startswith("."):
             continue  # a cache file being written
-        try:
-            with open(os.path.join(cache_dir, name), encoding="utf-8") as f:
-                doc = json.load(f)
-        except (OSError, ValueError):
-            continue
-        result = doc.get("result") if isinstance(doc, dict) else None
+        doc = _read_cache_file(os.path.join(cache_dir, name))
+        result = doc.get("result") if doc is not None else None
         if isinstance(result, dict):
             out.append(result)
     return out
+
+
+def _read_cache_file(path: str) -> dict[str, Any] | None:
+    """One result cache file's document; None when it is missing or not a JSON object."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            doc = json.load(f)
+    except (OSError, ValueError):
+        return None
+    return doc if isinstance(doc, dict) else None
