@@ -158,7 +158,8 @@ class Lab:
 
     def _start_dns(self, progress: Callable[[str], None], timeout: float) -> None:
         """The cluster DNS (netplane dns) as a Deployment behind kube-dns at 10.96.0.10, as kubeadm
-        deploys CoreDNS; up once a node reaches it through the Service."""
+        deploys CoreDNS; up once every node reaches it through the Service (each node's proxy
+        learns the endpoint on its own sync, up to its minimum sync period after the first)."""
         from netplane.client.apply import apply_objects
         from netplane.dns import lab as dns_lab
 
@@ -166,8 +167,11 @@ class Lab:
         self.api(lambda c: apply_objects(c, dns_lab.kube_dns_manifests(self.plan.api_url), "kube-system"))
 
         def answers() -> bool:
-            with entered(f"/run/netns/{self.plan.nodes[0].netns}"):
-                return dns_lab.answers(dns_lab.CLUSTER_DNS)
+            for node in self.plan.nodes:
+                with entered(f"/run/netns/{node.netns}"):
+                    if not dns_lab.answers(dns_lab.CLUSTER_DNS):
+                        return False
+            return True
 
         self._wait(answers, timeout, "the cluster DNS to answer at 10.96.0.10")
 

@@ -43,8 +43,15 @@ def test_pod_resolv_conf_points_at_kube_dns(lab: LabCluster, web: dict[str, Any]
 
 @pytest.mark.parametrize("name", ["web", "web.default", "web.default.svc.cluster.local", "WEB.Default.svc"])
 def test_getent_resolves_services_through_the_search_path(lab: LabCluster, web: dict[str, Any], name: str) -> None:
-    rows = getent(lab, web["client"], "hosts", name)
-    assert rows and rows[0][0] == web["ip"], rows
+    started = time.monotonic()
+    proc = lab.run_in(web["client"], ["getent", "hosts", name], timeout=20)
+    took = time.monotonic() - started
+    rows = [line.split() for line in proc.stdout.splitlines() if line.strip()]
+    if not rows:
+        dig = lab.run_in(web["client"], ["dig", f"@{CLUSTER_DNS}", "+time=2", "+tries=1",
+                                         "web.default.svc.cluster.local"])
+        pytest.fail(f"getent rc={proc.returncode} after {took:.2f}s stderr={proc.stderr!r}; dig now: {dig.stdout}")
+    assert rows[0][0] == web["ip"], rows
 
 
 def test_other_namespaces_by_service_and_namespace(lab: LabCluster, web: dict[str, Any]) -> None:
