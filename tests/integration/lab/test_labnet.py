@@ -46,11 +46,11 @@ def test_a_zombie_counts_as_ended(netns: str) -> None:
 
 
 def test_a_process_ignoring_sigterm_is_killed_after_the_grace(netns: str) -> None:
-    proc = subprocess.Popen(labnet.nsenter_argv(netns, ["sh", "-c", "trap '' TERM; while :; do sleep 0.1; done"]))
+    # The shell says when its trap is set: a SIGTERM that came before would end it at once.
+    script = "trap '' TERM; echo ready; while :; do sleep 0.1; done"
+    proc = subprocess.Popen(labnet.nsenter_argv(netns, ["sh", "-c", script]), stdout=subprocess.PIPE, text=True)
     try:
-        deadline = time.monotonic() + 5
-        while proc.pid not in labnet.netns_pids(netns) and time.monotonic() < deadline:
-            time.sleep(0.02)
+        assert proc.stdout is not None and proc.stdout.readline() == "ready\n"
         started = time.monotonic()
         labnet.kill_netns_processes(netns, grace=0.5)
         assert time.monotonic() - started >= 0.5
