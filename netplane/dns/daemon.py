@@ -77,15 +77,19 @@ class DNSDaemon:
 
     def _handlers(self, update: Callable[[Any, Any], set[str]]) -> tuple[Callable[..., None], ...]:
         engine = self.engine
+        lock = engine.lock  # the model and the caches change together, between two answers
 
         def on_add(obj: Any) -> None:
-            engine.invalidate(update(None, obj))
+            with lock:
+                engine.invalidate(update(None, obj))
 
         def on_update(old: Any, new: Any) -> None:
-            engine.invalidate(update(old, new))
+            with lock:
+                engine.invalidate(update(old, new))
 
         def on_delete(obj: Any) -> None:
-            engine.invalidate(update(obj, None))
+            with lock:
+                engine.invalidate(update(obj, None))
 
         return on_add, on_update, on_delete
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import struct
+import threading
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Protocol
@@ -101,7 +102,12 @@ class Engine:
         self._deps: dict[bytes, set[bytes]] = {}
         # UDP query bytes after the ID -> (the entry it was answered from, response bytes after the ID).
         self._exact: dict[bytes, tuple[Entry, bytes]] = {}
-        self.stats = {"queries": 0, "hits": 0, "forwarded": 0, "formerr": 0, "dropped": 0}
+        self.stats = {"forwarded": 0, "formerr": 0, "dropped": 0}
+        # Held around handle() and around every change of the model and its invalidate(): UDP is
+        # answered on a thread of its own (netplane.dns.server), TCP and the informers on the event
+        # loop. Without it an answer resolved from the old model could be stored after the change
+        # that should have dropped it, and stay stale until the name next changed.
+        self.lock = threading.Lock()
 
     # -- the zone changed -----------------------------------------------------------------
 
@@ -125,14 +131,19 @@ class Engine:
 
     # -- queries ------------------------------------------------------------------------------
 
+    def cached_udp(self, data: bytes) -> bytes | None:
+        """The exact cache's response to a UDP query, or None. Needs no lock: it only reads, and an
+        entry whose invalidation is under way answers as if the query had come a moment earlier."""
+        hit = self._exact.get(data[2:])
+        if hit is not None and hit[0].valid:
+            return data[:2] + hit[1]
+        return None
+
     def handle(self, data: bytes, tcp: bool = False) -> bytes | Job | None:
         """The response to one packet, a Job for the upstream, or None (drop it)."""
-        stats = self.stats
-        stats["queries"] += 1
         if not tcp:
             hit = self._exact.get(data[2:])
             if hit is not None and hit[0].valid:
-                stats["hits"] += 1
                 return data[:2] + hit[1]
         # Fast path: the shape of an ordinary query, answered from the cache (see wire.parse_query,
         # which this mirrors; every miss is re-parsed there).
@@ -163,7 +174,6 @@ class Engine:
                             entry = top
                             if not tcp and entry.size > limit and entry.truncated is not None:
                                 entry = entry.truncated
-                            stats["hits"] += 1
                             out = b"".join((data[:2], bytes((entry.f2 | (data[2] & 1), entry.f3 | (data[3] & 0x10))),
                                             entry.counts, data[12:end], entry.tail))
                             if not tcp:

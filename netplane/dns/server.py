@@ -1,4 +1,5 @@
-"""The DNS server's sockets: a thin asyncio shell around :class:`netplane.dns.engine.Engine`.
+"""The DNS server's sockets around :class:`netplane.dns.engine.Engine`: UDP on a thread of its own,
+TCP on the event loop.
 
 UDP: one datagram in, at most one out; answers that need an upstream run as tasks (at most
 ``max_pending`` at a time; beyond that, queries that would need an upstream are dropped, as a
@@ -12,8 +13,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import socket
+import threading
+import time
 from dataclasses import dataclass, field
 
 from netplane.dns.engine import Engine, Job
@@ -74,34 +78,83 @@ class _Forwarding:
             deliver(response)  # type: ignore[operator]
 
 
-class UDPProtocol(asyncio.DatagramProtocol):
-    def __init__(self, engine: Engine, forwarding: _Forwarding) -> None:
+class UDPWorker:
+    """Answers UDP on a thread of its own: a blocking recvfrom, the engine, a sendto, and again.
+
+    Not on the event loop because that costs more per query at the same rate: measured with a
+    trivial answer at 60k queries/s, 10.2 µs of server CPU per query through the loop's datagram
+    transport against 8.1 µs here (no epoll_wait per wake-up, no recvmsg ending each batch in EAGAIN,
+    no transport machinery), and a busier server takes longer to work off the queue any pause leaves
+    behind. A query also waits for no other work of the loop. Queries for the upstream go to the
+    loop as jobs; the engine's lock keeps answers and zone changes apart. The GIL is released in
+    every recvfrom and sendto, so the loop's informers and TCP clients get their turn between two
+    datagrams.
+    """
+
+    RECV_SIZE = 65535  # a datagram's largest payload: a longer query must not arrive cut short
+
+    def __init__(self, sock: socket.socket, engine: Engine, forwarding: _Forwarding,
+                 loop: asyncio.AbstractEventLoop) -> None:
+        self.sock = sock
         self.engine = engine
         self.forwarding = forwarding
-        self.transport: asyncio.DatagramTransport | None = None
+        self.loop = loop
+        self.closing = False
+        self._thread = threading.Thread(target=self._serve, name="dns-udp", daemon=True)
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
+    def start(self) -> None:
+        self._thread.start()
 
-    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
-        try:
-            out = self.engine.handle(data)
-        except Exception:
-            log.exception("dns query failed client=%s", addr)
-            return
-        if out is None:
-            return
-        transport = self.transport
-        if transport is None:
-            return
-        if out.__class__ is bytes:
-            transport.sendto(out, addr)
-        else:
-            self.forwarding.start(out, lambda response: transport.sendto(response, addr))  # type: ignore[arg-type]
+    def _serve(self) -> None:
+        recv, send = self.sock.recvfrom, self.sock.sendto
+        cached, handle, lock = self.engine.cached_udp, self.engine.handle, self.engine.lock
+        while True:
+            try:
+                data, addr = recv(self.RECV_SIZE)
+            except OSError as e:
+                if self.closing:
+                    return
+                log.warning("dns udp receive failed: %s", e)
+                time.sleep(0.01)  # whatever it was, not in a tight loop
+                continue
+            if self.closing:  # close() shut the socket down: the receive above returned empty
+                return
+            try:
+                # Most queries: one dict lookup, without the lock.
+                out: bytes | Job | None = cached(data)
+                if out is None:
+                    with lock:
+                        out = handle(data)
+            except Exception:
+                log.exception("dns query failed client=%s", addr)
+                continue
+            if out is None:
+                continue
+            if isinstance(out, bytes):
+                try:
+                    send(out, addr)
+                except OSError:  # as a datagram lost on the way: the client asks again
+                    pass
+            else:
+                try:
+                    self.loop.call_soon_threadsafe(self.forwarding.start, out, functools.partial(self._reply, addr))
+                except RuntimeError:  # the loop has closed: the server is going away
+                    return
 
-    def error_received(self, exc: Exception) -> None:
-        # ICMP errors from clients that went away: nothing to do, and not worth a log line each.
-        pass
+    def _reply(self, addr: tuple[str, int], response: bytes) -> None:
+        """An upstream answer, sent from the loop: never blocking it (MSG_DONTWAIT)."""
+        with contextlib.suppress(OSError):
+            self.sock.sendto(response, socket.MSG_DONTWAIT, addr)
+
+    def close(self, timeout: float = 2.0) -> None:
+        self.closing = True
+        # Wakes the thread's recvfrom (it returns empty); an unconnected UDP socket reports ENOTCONN
+        # while doing so.
+        with contextlib.suppress(OSError):
+            self.sock.shutdown(socket.SHUT_RDWR)
+        if self._thread.is_alive():
+            self._thread.join(timeout)
+        self.sock.close()
 
 
 class TCPProtocol(asyncio.Protocol):
@@ -148,7 +201,8 @@ class TCPProtocol(asyncio.Protocol):
             msg = bytes(self._buf[2:2 + size])
             del self._buf[:2 + size]
             try:
-                out = self.engine.handle(msg, tcp=True)
+                with self.engine.lock:
+                    out = self.engine.handle(msg, tcp=True)
             except Exception:
                 log.exception("dns query failed (tcp)")
                 continue
@@ -164,7 +218,7 @@ class TCPProtocol(asyncio.Protocol):
 class DNSServer:
     host: str
     port: int
-    udp: asyncio.DatagramTransport
+    udp: UDPWorker
     tcp: asyncio.Server
     forwarding: _Forwarding
     closed: bool = field(default=False)
@@ -173,7 +227,7 @@ class DNSServer:
         if self.closed:
             return
         self.closed = True
-        self.udp.close()
+        await asyncio.get_running_loop().run_in_executor(None, self.udp.close)
         self.tcp.close()
         for task in list(self.forwarding.tasks):
             task.cancel()
@@ -196,14 +250,15 @@ async def start_server(engine: Engine, host: str, port: int, idle_timeout: float
         except OSError:
             sock.close()
             raise
-        udp, _proto = await loop.create_datagram_endpoint(lambda: UDPProtocol(engine, forwarding), sock=sock)
-        bound = udp.get_extra_info("sockname")[1]
+        bound = sock.getsockname()[1]
         try:
             tcp = await loop.create_server(lambda: TCPProtocol(engine, forwarding, idle_timeout), host, bound,
                                            family=family, reuse_address=True, backlog=1024)
         except OSError as e:  # port 0: the UDP port may be taken for TCP; pick another
-            udp.close()
+            sock.close()
             last_error = e
             continue
+        udp = UDPWorker(sock, engine, forwarding, loop)
+        udp.start()
         return DNSServer(host, bound, udp, tcp, forwarding)
     raise OSError(f"cannot listen on {host}:{port} over both UDP and TCP: {last_error}")
