@@ -1,6 +1,6 @@
 """Benchmark: `netplane dns` beside dnsmasq serving the same names, under dnsperf, in one run.
 
-    .venv/bin/python -m tests.bench.bench_dns [--services 1000] [--seconds 10] [--rounds 2]
+    .venv/bin/python -m tests.bench.bench_dns [--services 1000] [--seconds 10] [--rounds 2] [--latency-seconds 8]
                                               [--memory-services 10000] [--queries 20000]
 
 A state server gets --services ClusterIP services (two named ports each) spread over 10
@@ -17,25 +17,36 @@ NXDOMAIN in the zone 10%, search-path misses (`web.ns.svc.cluster.local.ns.svc.c
 the like) 15%.
 
 Reported, for each server: peak qps (dnsperf with 10 clients and 500 queries outstanding, after one
-unmeasured pass through the mix; the best of --rounds interleaved runs), p50/p99 latency at half of
-netplane's peak rate (the same offered load for all; the first 0.5 s, dnsperf's opening burst of
-500 outstanding queries, left out for every server and reported separately; queries dnsperf lost
-count as slower than any answer), ratios, RSS with --services; then RSS of `netplane dns` with
---memory-services. Beside the latencies, what else happened on the servers' CPU during each latency
-run: the server's time waiting for the CPU while runnable (run-queue wait), its busy share, and the
-time the hypervisor stole from that CPU.
+unmeasured pass through the mix; the best of --rounds interleaved runs), p50/p99/p99.9 latency at
+half of netplane's peak rate (the same offered load for all), ratios, RSS with --services; then RSS of
+`netplane dns` with --memory-services. Beside the latencies, what else happened on the servers' CPU
+during each latency run: the server's time waiting for the CPU while runnable (run-queue wait), its
+busy share, and the time the hypervisor stole from that CPU.
+
+How latency is measured. Each latency run offers the half-peak rate as two dnsperf processes side by
+side: a load generator (10 clients, no per-query output) for all but PROBE_QPS of it, and a probe at
+PROBE_QPS (one client, printing each query's latency) whose answers give the percentiles, a sample of
+the same mix through the same server queue. The probe starts OPENING s after the load, once the
+load's opening burst (up to 500 queries at once) is over, and its own first OPENING s are left out;
+queries it lost count as slower than any answer. The load's own mean latency is printed beside it.
+Why not one dnsperf timing every query: at half of peak, printing a line per query, it used 85-94%
+of the client's CPU (measured), its threads waited for each other for 2-3 s per 5 s run, and the
+percentiles were dnsperf's queue more than the server's: knot's p99 0.7-3 ms in such runs, 0.1-0.2 ms
+by the probe in the same conditions. The load runs at the default policy: at SCHED_FIFO its
+per-query sleeps lose their timer slack and cost more still, and a FIFO task that starves its CPU's
+other tasks is stopped for up to 50 ms at a time by the kernel's fair server (Linux >= 6.12).
 
 The machine is shared: other people's tests and a kernel thread (kdamond) also run on both CPUs. A
 server that has to share CPU 0 with them answers late by their time slices (measured: 60 ms to
-1.5 s of run-queue wait per 5 s run, knot alike), and dnsperf sharing CPU 1 with them reads answers
-late and counts its own wait as the server's latency (measured: 1-3 s of run-queue wait per run;
-p99 of 1-10 ms for knot and netplane alike, 0.2-0.4 ms for both once dnsperf is not preempted). So
-that the latency rows measure the servers and not the neighbours, each latency run runs dnsperf, and
-each server, at SCHED_FIFO priority 1, all servers alike (--latency-sched fair: without it), except
-a server for which that rate is near or beyond its own peak (dnsmasq): saturated, it would hold CPU 0
-for the whole run and starve the CPU's kernel threads, and its latency is its own queue anyway. The
-peak runs stay at the default policy for the same reason. dnsperf writes its per-query lines to a
-file rather than a pipe, so that nothing of the harness has to run beside it during a run.
+1.5 s of run-queue wait per 5 s run, knot alike), and a probe sharing CPU 1 with them reads answers
+late and counts its own wait as the server's latency. So that the latency rows measure the servers
+and not the neighbours, each server runs at SCHED_FIFO priority 1 during its latency run and the
+probe, a tiny share of the load, at priority 2, so that it reads answers as they arrive; all servers
+alike (--latency-sched fair: neither), except a server for which the rate is near or beyond its own
+peak (dnsmasq): saturated, it would hold CPU 0 for the whole run and starve the CPU's kernel
+threads, and its latency is its own queue anyway. The peak runs stay at the default policy for the
+same reason. When the load generator falls behind (preempted by a neighbour), it sends the missed
+queries at once: bursts that every server has to absorb alike.
 Goals (issue 6): at least CoreDNS's published ~17k qps per vCPU, p99 <= 1 ms at half of peak,
 <= 200 MB with 10k services.
 """
@@ -71,7 +82,8 @@ SLICES = must("discovery.k8s.io", "v1", "endpointslices")
 NAMESPACES = [f"bench{i}" for i in range(10)]
 COREDNS_QPS_PER_VCPU = 17_000  # CoreDNS's scaling guide (kubernetes/dns docs/scale-and-performance)
 SERVER_CPU, CLIENT_CPU = "0", "1"
-OPENING = 0.5  # seconds of the latency run left out of the steady-state percentiles
+OPENING = 0.5  # seconds of the latency probe left out of its percentiles (and the load's lead on it)
+PROBE_QPS = 2000  # the timed share of the latency runs' load
 
 
 def sh(*cmd: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
@@ -307,42 +319,66 @@ class Run:
     qps: float
     lost: int
     latencies: list[float]
+    avg_latency: float  # dnsperf's own average over every answered query, in seconds
     # dnsperf's time runnable but waiting for its CPU, summed over its threads (sampled every 0.1 s;
     # at SCHED_FIFO mostly its own threads waiting for each other, at the default policy also others).
     client_wait_ms: float = 0.0
 
 
-def dnsperf(port: int, qfile: Path, seconds: float, max_qps: float | None = None, verbose: bool = False,
-            fifo: bool = False) -> Run:
-    cmd = ["chrt", "-f", "1"] if fifo else []
-    cmd += ["taskset", "-c", CLIENT_CPU, "dnsperf", "-s", "127.0.0.1", "-p", str(port), "-d", str(qfile),
-           "-l", str(seconds), "-c", "10", "-q", "500", "-t", "2"]
-    if max_qps:
-        cmd += ["-Q", str(int(max_qps))]
-    if verbose:
-        cmd.append("-v")
-    # Output goes to a file, not a pipe: with -v dnsperf prints a line per query, and a harness
-    # reading them as they come would compete with dnsperf for the client's CPU during the run.
-    # Meanwhile dnsperf's own run-queue wait is sampled (its threads exit with it, taking theirs along).
-    wait_ns = 0
-    with tempfile.TemporaryFile("w+") as f:
-        proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, text=True)
-        deadline = time.monotonic() + seconds + 60
-        while proc.poll() is None:
-            if time.monotonic() > deadline:
-                proc.kill()
-                proc.wait()
-                raise RuntimeError(f"dnsperf did not finish: {cmd}")
-            wait_ns = max(wait_ns, sched_totals(proc.pid)[1])
-            time.sleep(0.1)
-        f.seek(0)
-        out = f.read()
-    qps = float(re.search(r"Queries per second:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
-    lost = int(re.search(r"Queries lost:\s+(\d+)", out).group(1))  # type: ignore[union-attr]
-    lat = [float(m) for m in re.findall(r"^> \S+ \S+ \S+ ([\d.]+)$", out, re.M)] if verbose else []
-    if verbose and not lat:
-        print(f"  (no per-query latencies in dnsperf's output for port {port}: {out[-300:]!r})")
-    return Run(qps, lost, lat, wait_ns / 1e6)
+class Dnsperf:
+    """One dnsperf process on the client's CPU, its output going to a file, not a pipe: with -v it
+    prints a line per query, and a harness reading them as they come would compete with it for the
+    CPU. While it runs, its run-queue wait is sampled (its threads exit with it, taking theirs along)."""
+
+    def __init__(self, port: int, qfile: Path, seconds: float, max_qps: float | None = None,
+                 verbose: bool = False, clients: int = 10, outstanding: int = 500, fifo_priority: int = 0) -> None:
+        cmd = ["chrt", "-f", str(fifo_priority)] if fifo_priority else []
+        cmd += ["taskset", "-c", CLIENT_CPU, "dnsperf", "-s", "127.0.0.1", "-p", str(port), "-d", str(qfile),
+                "-l", str(seconds), "-c", str(clients), "-q", str(outstanding), "-t", "2"]
+        if max_qps:
+            cmd += ["-Q", str(int(max_qps))]
+        if verbose:
+            cmd.append("-v")
+        self.cmd = cmd
+        self.verbose = verbose
+        self.out = tempfile.TemporaryFile("w+")  # noqa: SIM115 (closed in result())
+        self.proc = subprocess.Popen(cmd, stdout=self.out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                     text=True)
+        self.deadline = time.monotonic() + seconds + 60
+        self.wait_ns = 0
+
+    def sample(self) -> bool:
+        """Samples the run-queue wait; False once dnsperf has exited."""
+        if self.proc.poll() is not None:
+            return False
+        if time.monotonic() > self.deadline:
+            self.proc.kill()
+            self.proc.wait()
+            raise RuntimeError(f"dnsperf did not finish: {self.cmd}")
+        self.wait_ns = max(self.wait_ns, sched_totals(self.proc.pid)[1])
+        return True
+
+    def result(self) -> Run:
+        self.out.seek(0)
+        out = self.out.read()
+        self.out.close()
+        qps = float(re.search(r"Queries per second:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+        lost = int(re.search(r"Queries lost:\s+(\d+)", out).group(1))  # type: ignore[union-attr]
+        avg = re.search(r"Average Latency \(s\):\s+([\d.]+)", out)
+        lat = [float(m) for m in re.findall(r"^> \S+ \S+ \S+ ([\d.]+)$", out, re.M)] if self.verbose else []
+        if self.verbose and not lat:
+            print(f"  (no per-query latencies in dnsperf's output: {out[-300:]!r})")
+        return Run(qps, lost, lat, float(avg.group(1)) if avg else float("nan"), self.wait_ns / 1e6)
+
+
+def finish(*runs: Dnsperf) -> list[Run]:
+    while [r.sample() for r in runs].count(True):
+        time.sleep(0.1)
+    return [r.result() for r in runs]
+
+
+def dnsperf(port: int, qfile: Path, seconds: float, max_qps: float | None = None) -> Run:
+    return finish(Dnsperf(port, qfile, seconds, max_qps))[0]
 
 
 def _threads(pid: int) -> list[int]:
@@ -388,27 +424,39 @@ def set_policy(pid: int, fifo: bool) -> bool:
 
 @dataclass
 class LatencyRun:
-    run: Run
+    load: Run
+    probe: Run
     seconds: float
     rq_wait_ms: float
     busy: float  # share of the run's wall time the server spent on its CPU
     steal_ms: float
 
+    @property
+    def steady(self) -> list[float]:
+        """The probe's latencies after its first OPENING seconds, its lost queries as slowest."""
+        return with_lost(self.probe.latencies[int(PROBE_QPS * OPENING):], self.probe.lost)
 
-def latency_run(server: Server, qfile: Path, seconds: float, rate: float, fifo: bool) -> LatencyRun:
-    if fifo and not set_policy(server.proc.pid, True):
+
+def latency_run(server: Server, qfile: Path, seconds: float, rate: float, server_fifo: bool,
+                probe_priority: int) -> LatencyRun:
+    """The load at `rate` in all, of which PROBE_QPS are the probe's timed queries (see the docstring)."""
+    if server_fifo and not set_policy(server.proc.pid, True):
         print(f"  (could not set SCHED_FIFO for {server.label}: measured at the default policy)")
     try:
         cpu0, wait0 = sched_totals(server.proc.pid)
         steal0, t0 = steal_ms(SERVER_CPU), time.monotonic()
-        run = dnsperf(server.port, qfile, seconds, max_qps=rate, verbose=True, fifo=fifo)
+        load = Dnsperf(server.port, qfile, seconds + 2 * OPENING, max_qps=rate - PROBE_QPS)
+        time.sleep(OPENING)  # the load's opening burst (-q queries at once) is over before the probe starts
+        probe = Dnsperf(server.port, qfile, seconds + OPENING, max_qps=PROBE_QPS, verbose=True, clients=1,
+                        outstanding=100, fifo_priority=probe_priority)
+        load_run, probe_run = finish(load, probe)
         wall = time.monotonic() - t0
         cpu1, wait1 = sched_totals(server.proc.pid)
         stolen = steal_ms(SERVER_CPU) - steal0
     finally:
-        if fifo:
+        if server_fifo:
             set_policy(server.proc.pid, False)
-    return LatencyRun(run, wall, (wait1 - wait0) / 1e6, (cpu1 - cpu0) / 1e9 / wall, stolen)
+    return LatencyRun(load_run, probe_run, wall, (wait1 - wait0) / 1e6, (cpu1 - cpu0) / 1e9 / wall, stolen)
 
 
 def with_lost(latencies: list[float], lost: int) -> list[float]:
@@ -430,8 +478,9 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--queries", type=int, default=20000)
     ap.add_argument("--memory-services", type=int, default=10000, help="0 to skip the memory step")
+    ap.add_argument("--latency-seconds", type=float, default=8, help="length of each server's latency run")
     ap.add_argument("--latency-sched", choices=["fifo", "fair"], default="fifo",
-                    help="scheduling policy of each server during its latency run (see above)")
+                    help="scheduling policy of each server and the probe during the latency runs (see above)")
     args = ap.parse_args()
     for tool in ("dnsperf", "dnsmasq", "taskset"):
         if sh("sh", "-c", f"command -v {tool}").returncode != 0:
@@ -478,10 +527,10 @@ def main() -> int:
             np_ = netplane.label
             half = best[np_].qps / 2
             fifo = args.latency_sched == "fifo"
-            # FIFO only below 80% of a server's own peak: see the module's docstring.
+            # The server at FIFO only below 80% of its own peak: see the module's docstring.
             at_fifo = {s.label: fifo and half < 0.8 * best[s.label].qps for s in servers}
-            lat_runs = {s.label: latency_run(s, qfile, min(args.seconds, 5), half, at_fifo[s.label]) for s in servers}
-            at_half = {x: r.run for x, r in lat_runs.items()}
+            lat_runs = {s.label: latency_run(s, qfile, args.latency_seconds, half, at_fifo[s.label], 2 if fifo else 0)
+                        for s in servers}
             mem = {s.label: rss_mb(s.proc.pid) for s in servers}
             labels = [s.label for s in servers]
             anchors = labels[1:]
@@ -498,27 +547,25 @@ def main() -> int:
             row("peak qps (one core)", {x: best[x].qps for x in labels}, ",.0f")
             print(f"{'  rounds':26}" + "".join("/".join(f"{r.qps / 1000:.0f}k" for r in peaks[x]).rjust(14)
                                                for x in labels))
-            # dnsperf opens with up to -q queries at once before its rate limit applies: a burst at no
-            # particular rate, not "half of peak". The steady rows leave out the first OPENING seconds'
-            # worth of queries, for every server alike; the whole-run p99 is printed beside them.
-            skip = int(half * OPENING)
-            steady = {x: with_lost(at_half[x].latencies[skip:], at_half[x].lost) for x in labels}
-            for p in (50, 99):
-                row(f"p{p} ms at {half:,.0f} qps", {x: pct(steady[x], p) * 1000 for x in labels}, ".3f")
-            row("  p99 incl. opening burst", {x: pct(with_lost(at_half[x].latencies, at_half[x].lost), 99) * 1000
-                                              for x in labels}, ".3f")
-            row("  queries lost", {x: at_half[x].lost for x in labels}, "d")
+            for p in (50, 99, 99.9):
+                row(f"p{p:g} ms at {half:,.0f} qps", {x: pct(lat_runs[x].steady, p) * 1000 for x in labels}, ".3f")
+            row("  probe queries timed", {x: len(lat_runs[x].steady) for x in labels}, "d")
+            row("  load qps delivered", {x: lat_runs[x].load.qps + lat_runs[x].probe.qps for x in labels}, ",.0f")
+            row("  load's mean latency ms", {x: lat_runs[x].load.avg_latency * 1000 for x in labels}, ".3f")
+            row("  queries lost", {x: lat_runs[x].load.lost + lat_runs[x].probe.lost for x in labels}, "d")
             row("  busy % of its CPU", {x: lat_runs[x].busy * 100 for x in labels}, ".0f")
             row("  run-queue wait ms", {x: lat_runs[x].rq_wait_ms for x in labels}, ".1f")
             row("  CPU 0 steal ms", {x: lat_runs[x].steal_ms for x in labels}, ".0f")
-            row("  dnsperf run-queue wait ms", {x: at_half[x].client_wait_ms for x in labels}, ".1f")
+            row("  dnsperf run-queue wait ms", {x: lat_runs[x].load.client_wait_ms + lat_runs[x].probe.client_wait_ms
+                                                for x in labels}, ".1f")
             policy = {x: "SCHED_FIFO 1" if at_fifo[x] else "default (saturated)" if fifo else "default" for x in labels}
-            print(f"  (latency runs of {min(args.seconds, 5):.0f} s; scheduling policy of server and dnsperf: "
+            print(f"  (latency runs of {args.latency_seconds:g} s, {PROBE_QPS:,} of the qps timed by a probe"
+                  f"{' at SCHED_FIFO 2' if fifo else ''}; servers' policy: "
                   + ", ".join(f"{x} {policy[x]}" for x in labels) + ")")
             row("RSS MB", mem, ".1f")
             print(f"CoreDNS reference: ~{COREDNS_QPS_PER_VCPU:,} qps per vCPU; netplane dns: "
                   f"{best[np_].qps / COREDNS_QPS_PER_VCPU:.1f}x that")
-            p99 = pct(steady[np_], 99) * 1000
+            p99 = pct(lat_runs[np_].steady, 99) * 1000
             print(f"goals: qps >= 17k/core {'met' if best[np_].qps >= COREDNS_QPS_PER_VCPU else 'NOT met'}; "
                   f"p99 <= 1 ms at half peak {'met' if p99 <= 1.0 else 'NOT met'} ({p99:.3f} ms)")
 
