@@ -6,6 +6,7 @@ In-process, on loopback: the daemon's own change handlers and server, no state s
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 import sys
 import threading
@@ -93,5 +94,25 @@ def test_closing_ends_the_udp_thread_and_frees_the_port() -> None:
         assert not thread.is_alive()
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
             s.bind(("127.0.0.1", server.port))  # the server's socket is closed, not leaked
+
+    asyncio.run(main())
+
+
+def test_a_close_cancelled_while_it_waits_has_still_stopped_the_server() -> None:
+    async def main() -> None:
+        daemon = DNSDaemon(DNSOptions(cluster=ClusterConfig(server="http://127.0.0.1:9"), resolv_conf=None))
+        server = await start_server(daemon.engine, "127.0.0.1", 0)
+        closing = asyncio.create_task(server.close())
+        await asyncio.sleep(0)  # close() runs up to its first wait (for the UDP thread) ...
+        closing.cancel()  # ... and is cancelled there, as a shutdown timeout would
+        with contextlib.suppress(asyncio.CancelledError):
+            await closing
+        assert not server.tcp.is_serving()
+        thread = server.udp._thread
+        for _ in range(200):
+            if not thread.is_alive():
+                break
+            await asyncio.sleep(0.01)
+        assert not thread.is_alive()
 
     asyncio.run(main())
