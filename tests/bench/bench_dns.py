@@ -21,7 +21,8 @@ unmeasured pass through the mix; the best of --rounds interleaved runs), p50/p99
 half of netplane's peak rate (the same offered load for all), ratios, RSS with --services; then RSS of
 `netplane dns` with --memory-services. Beside the latencies, what else happened on the servers' CPU
 during each latency run: the server's time waiting for the CPU while runnable (run-queue wait), its
-busy share, and the time the hypervisor stole from that CPU.
+busy share, and the time the hypervisor stole from that CPU. (The run-queue wait is summed over
+the server's threads: for netplane it includes its event loop waiting behind its own UDP thread.)
 
 How latency is measured. Each latency run offers the half-peak rate as two dnsperf processes side by
 side: a load generator (10 clients, no per-query output) for all but PROBE_QPS of it, and a probe at
@@ -362,6 +363,8 @@ class Dnsperf:
         self.out.seek(0)
         out = self.out.read()
         self.out.close()
+        if "Queries per second:" not in out:
+            raise RuntimeError(f"dnsperf failed ({' '.join(self.cmd[:4])} ...): {out[-500:]!r}")
         qps = float(re.search(r"Queries per second:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
         lost = int(re.search(r"Queries lost:\s+(\d+)", out).group(1))  # type: ignore[union-attr]
         avg = re.search(r"Average Latency \(s\):\s+([\d.]+)", out)
@@ -372,8 +375,15 @@ class Dnsperf:
 
 
 def finish(*runs: Dnsperf) -> list[Run]:
-    while [r.sample() for r in runs].count(True):
-        time.sleep(0.1)
+    try:
+        while [r.sample() for r in runs].count(True):
+            time.sleep(0.1)
+    except BaseException:
+        for r in runs:  # none is left running behind a failed one
+            if r.proc.poll() is None:
+                r.proc.kill()
+                r.proc.wait()
+        raise
     return [r.result() for r in runs]
 
 
@@ -445,10 +455,14 @@ def latency_run(server: Server, qfile: Path, seconds: float, rate: float, server
     try:
         cpu0, wait0 = sched_totals(server.proc.pid)
         steal0, t0 = steal_ms(SERVER_CPU), time.monotonic()
-        load = Dnsperf(server.port, qfile, seconds + 2 * OPENING, max_qps=rate - PROBE_QPS)
-        time.sleep(OPENING)  # the load's opening burst (-q queries at once) is over before the probe starts
+        # The load starts OPENING s before the probe (its opening burst of -q queries at once is over
+        # by then) and ends OPENING s after it.
+        load = Dnsperf(server.port, qfile, seconds + 3 * OPENING, max_qps=rate - PROBE_QPS)
+        time.sleep(OPENING)
+        # Up to 1,000 outstanding: 0.5 s of the probe's queries, so a stall of the server is timed
+        # by queries sent on time, not by ones dnsperf held back until answers came.
         probe = Dnsperf(server.port, qfile, seconds + OPENING, max_qps=PROBE_QPS, verbose=True, clients=1,
-                        outstanding=100, fifo_priority=probe_priority)
+                        outstanding=1000, fifo_priority=probe_priority)
         load_run, probe_run = finish(load, probe)
         wall = time.monotonic() - t0
         cpu1, wait1 = sched_totals(server.proc.pid)
@@ -526,6 +540,10 @@ def main() -> int:
             best = {label: max(runs, key=lambda x: x.qps) for label, runs in peaks.items()}
             np_ = netplane.label
             half = best[np_].qps / 2
+            if half <= 2 * PROBE_QPS:
+                print(f"netplane dns peaked at {best[np_].qps:,.0f} qps: too little for the latency runs",
+                      file=sys.stderr)
+                return 1
             fifo = args.latency_sched == "fifo"
             # The server at FIFO only below 80% of its own peak: see the module's docstring.
             at_fifo = {s.label: fifo and half < 0.8 * best[s.label].qps for s in servers}
@@ -549,7 +567,7 @@ def main() -> int:
                                                for x in labels))
             for p in (50, 99, 99.9):
                 row(f"p{p:g} ms at {half:,.0f} qps", {x: pct(lat_runs[x].steady, p) * 1000 for x in labels}, ".3f")
-            row("  probe queries timed", {x: len(lat_runs[x].steady) for x in labels}, "d")
+            row("  probe answers timed", {x: len(lat_runs[x].steady) - lat_runs[x].probe.lost for x in labels}, "d")
             row("  load qps delivered", {x: lat_runs[x].load.qps + lat_runs[x].probe.qps for x in labels}, ",.0f")
             row("  load's mean latency ms", {x: lat_runs[x].load.avg_latency * 1000 for x in labels}, ".3f")
             row("  queries lost", {x: lat_runs[x].load.lost + lat_runs[x].probe.lost for x in labels}, "d")
