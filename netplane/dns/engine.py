@@ -142,9 +142,9 @@ class Engine:
     def handle(self, data: bytes, tcp: bool = False) -> bytes | Job | None:
         """The response to one packet, a Job for the upstream, or None (drop it)."""
         if not tcp:
-            hit = self._exact.get(data[2:])
-            if hit is not None and hit[0].valid:
-                return data[:2] + hit[1]
+            cached = self.cached_udp(data)
+            if cached is not None:
+                return cached
         # Fast path: the shape of an ordinary query, answered from the cache (see wire.parse_query,
         # which this mirrors; every miss is re-parsed there).
         try:

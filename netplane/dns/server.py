@@ -112,6 +112,14 @@ class UDPWorker:
         self._thread.start()
 
     def _serve(self) -> None:
+        try:
+            self._answer_until_closed()
+        finally:
+            # Closed here, by the only thread that may still be inside a call on it, so that its
+            # descriptor number cannot be reused under a receive still in progress.
+            self.sock.close()
+
+    def _answer_until_closed(self) -> None:
         recv, send = self.sock.recvfrom, self.sock.sendto
         cached, handle, lock = self.engine.cached_udp, self.engine.handle, self.engine.lock
         while True:
@@ -119,12 +127,12 @@ class UDPWorker:
                 data, addr = recv(self.RECV_SIZE)
             except OSError as e:
                 if self.closing or e.errno in (errno.EBADF, errno.ENOTSOCK):
-                    break
+                    return
                 log.warning("dns udp receive failed: %s", e)
                 time.sleep(0.01)  # whatever it was, not in a tight loop
                 continue
             if self.closing:  # close() shut the socket down: the receive above returned empty
-                break
+                return
             try:
                 # Most queries: one dict lookup, without the lock.
                 out: bytes | Job | None = cached(data)
@@ -145,10 +153,7 @@ class UDPWorker:
                 try:
                     self.loop.call_soon_threadsafe(self.forwarding.start, out, functools.partial(self._reply, addr))
                 except RuntimeError:  # the loop has closed: the server is going away
-                    break
-        # Closed here, by the only thread that may still be inside a call on it, so that its
-        # descriptor number cannot be reused under a receive still in progress.
-        self.sock.close()
+                    return
 
     def _reply(self, addr: tuple[str, int], response: bytes) -> None:
         """An upstream answer, sent from the loop: never blocking it (MSG_DONTWAIT)."""
