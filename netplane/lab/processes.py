@@ -33,17 +33,21 @@ class Daemon:
             return []
         return raw.rstrip(b"\0").split(b"\0")
 
-    def cmdline_matches(self) -> bool:
+    def _ends_with_argv(self, cmdline: list[bytes]) -> bool:
         # A console script runs as `python <script> ...`: the interpreter comes first.
         want = [a.encode() for a in self.argv]
-        return self._cmdline()[-len(want):] == want
+        return cmdline[-len(want):] == want
+
+    def cmdline_matches(self) -> bool:
+        return self._ends_with_argv(self._cmdline())
 
     def started(self) -> bool:
         """Running its own program: nsenter's command line also ends with argv, and while nsenter
         execs the program /proc/PID/cmdline reads empty for a moment, which alive() would take for
-        an exit (seen in CI: "n3/proxy exited", with an empty log)."""
+        an exit (seen in CI: "n3/proxy exited", with an empty log). One read of the command line
+        serves both checks, so they see the same side of the exec."""
         cmdline = self._cmdline()
-        return bool(cmdline) and os.path.basename(cmdline[0]) != b"nsenter" and self.cmdline_matches()
+        return bool(cmdline) and os.path.basename(cmdline[0]) != b"nsenter" and self._ends_with_argv(cmdline)
 
     def alive(self) -> bool:
         return self.cmdline_matches()
