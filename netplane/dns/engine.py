@@ -145,6 +145,10 @@ class Engine:
             cached = self.cached_udp(data)
             if cached is not None:
                 return cached
+        return self.handle_uncached(data, tcp)
+
+    def handle_uncached(self, data: bytes, tcp: bool = False) -> bytes | Job | None:
+        """handle() for a packet the exact cache does not answer (the UDP thread has just asked it)."""
         # Fast path: the shape of an ordinary query, answered from the cache (see wire.parse_query,
         # which this mirrors; every miss is re-parsed there).
         try:

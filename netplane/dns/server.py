@@ -121,7 +121,7 @@ class UDPWorker:
 
     def _answer_until_closed(self) -> None:
         recv, send = self.sock.recvfrom, self.sock.sendto
-        cached, handle, lock = self.engine.cached_udp, self.engine.handle, self.engine.lock
+        cached, handle, lock = self.engine.cached_udp, self.engine.handle_uncached, self.engine.lock
         while True:
             try:
                 data, addr = recv(self.RECV_SIZE)
